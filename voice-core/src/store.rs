@@ -1,0 +1,151 @@
+//! The storage traits. The server talks to persistence only through these,
+//! so SQLite (now) and PostgreSQL (later) are interchangeable. They are
+//! async and object safe: the server holds an `Arc<dyn Store>`.
+//!
+//! Every write is acknowledged only once it is durable. Each method that
+//! must be atomic (spending a refresh token, a mutual friend request) is
+//! one method, so no backend needs caller-side transactions.
+
+use async_trait::async_trait;
+use time::OffsetDateTime;
+
+use crate::error::Result;
+use crate::ids::{GroupId, MessageId, SessionId, UserId};
+use crate::model::{
+    Conversation, Friend, FriendStatus, Group, GroupMember, GroupRole, Identity, Message,
+    NewMessage, RefreshToken, Session, SpendOutcome, User,
+};
+
+/// Users, keyed by identity provider issuer and subject.
+#[async_trait]
+pub trait UserStore: Send + Sync {
+    /// Registers the identity on first sight, or refreshes its email, name
+    /// and picture. Returns the user and whether it was created now.
+    async fn upsert_user(&self, identity: &Identity, now: OffsetDateTime) -> Result<(User, bool)>;
+
+    async fn get_user(&self, id: UserId) -> Result<Option<User>>;
+
+    /// Counts users: for readiness reports and tests that check nobody was
+    /// registered.
+    async fn count_users(&self) -> Result<u64>;
+}
+
+/// Signed-in sessions (devices) and their refresh-token families.
+#[async_trait]
+pub trait SessionStore: Send + Sync {
+    /// Stores a new session together with its first refresh token.
+    async fn create_session(&self, session: &Session, first_token: &RefreshToken) -> Result<()>;
+
+    async fn get_session(&self, id: SessionId) -> Result<Option<Session>>;
+
+    /// Atomically spends the live token `hash` and stores `successor` in its
+    /// family. A token that was spent before is returned untouched as
+    /// [`SpendOutcome::AlreadySpent`]; unknown, expired or revoked tokens
+    /// are [`SpendOutcome::Invalid`]. `successor.session_id` and `user_id`
+    /// are taken from the spent token.
+    async fn spend_refresh_token(
+        &self,
+        hash: [u8; 32],
+        successor: &RefreshToken,
+        now: OffsetDateTime,
+    ) -> Result<SpendOutcome>;
+
+    async fn get_refresh_token(&self, hash: [u8; 32]) -> Result<Option<RefreshToken>>;
+
+    /// Revokes a session: its refresh tokens stop working and its access
+    /// tokens are refused. Returns whether it was live before.
+    async fn revoke_session(&self, id: SessionId, now: OffsetDateTime) -> Result<bool>;
+}
+
+/// Friendships, stored from both sides.
+#[async_trait]
+pub trait FriendStore: Send + Sync {
+    /// `from` asks `to`. If `to` had already asked `from`, both become
+    /// friends at once. Returns `from`'s status afterwards. Asking someone
+    /// who blocked you, or whom you blocked, is a conflict.
+    async fn request_friend(
+        &self,
+        from: UserId,
+        to: UserId,
+        now: OffsetDateTime,
+    ) -> Result<FriendStatus>;
+
+    /// `user` accepts the pending request from `requester`; not found if
+    /// there is none.
+    async fn accept_friend(&self, user: UserId, requester: UserId, now: OffsetDateTime)
+    -> Result<()>;
+
+    /// Ends a friendship or withdraws or declines a request, from both
+    /// sides. Returns whether anything was there. A block is left alone.
+    async fn remove_friend(&self, user: UserId, other: UserId) -> Result<bool>;
+
+    /// `user` blocks `other`: any friendship or request between them ends.
+    async fn block_user(&self, user: UserId, other: UserId, now: OffsetDateTime) -> Result<()>;
+
+    /// `user`'s view of the relationship with `other`.
+    async fn friendship(&self, user: UserId, other: UserId) -> Result<Option<FriendStatus>>;
+
+    /// Everyone `user` has a relationship with, oldest first.
+    async fn list_friends(&self, user: UserId) -> Result<Vec<Friend>>;
+}
+
+/// Messages of direct and group conversations.
+#[async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Stores a message. With a `client_id` the insert is idempotent: a
+    /// second send with the same sender and client id returns the first
+    /// message unchanged.
+    async fn insert_message(&self, message: &NewMessage) -> Result<Message>;
+
+    async fn get_message(&self, id: MessageId) -> Result<Option<Message>>;
+
+    /// A page of history, newest first, strictly older than `before`.
+    async fn list_messages(
+        &self,
+        conversation: Conversation,
+        before: Option<MessageId>,
+        limit: u32,
+    ) -> Result<Vec<Message>>;
+
+    /// Erases the body and leaves a tombstone. Returns the tombstone, or
+    /// `None` for an unknown id. Deleting twice keeps the first deletion.
+    async fn delete_message(&self, id: MessageId, now: OffsetDateTime) -> Result<Option<Message>>;
+}
+
+/// Groups and their current members.
+#[async_trait]
+pub trait GroupStore: Send + Sync {
+    /// Creates the group with its owner (as [`GroupRole::Owner`]) and the
+    /// other `members` (as [`GroupRole::Member`]).
+    async fn create_group(&self, group: &Group, members: &[UserId]) -> Result<()>;
+
+    async fn get_group(&self, id: GroupId) -> Result<Option<Group>>;
+
+    /// Returns whether the group exists.
+    async fn rename_group(&self, id: GroupId, name: &str) -> Result<bool>;
+
+    /// Returns false if the user was already a member.
+    async fn add_group_member(
+        &self,
+        group: GroupId,
+        user: UserId,
+        role: GroupRole,
+        now: OffsetDateTime,
+    ) -> Result<bool>;
+
+    /// Returns false if the user was not a member.
+    async fn remove_group_member(&self, group: GroupId, user: UserId) -> Result<bool>;
+
+    async fn group_member(&self, group: GroupId, user: UserId) -> Result<Option<GroupMember>>;
+
+    async fn list_group_members(&self, group: GroupId) -> Result<Vec<GroupMember>>;
+
+    async fn list_user_groups(&self, user: UserId) -> Result<Vec<Group>>;
+}
+
+/// Everything the server needs from persistence.
+#[async_trait]
+pub trait Store: UserStore + SessionStore + FriendStore + MessageStore + GroupStore {
+    /// Succeeds when the database answers a query: the readiness probe.
+    async fn ping(&self) -> Result<()>;
+}
