@@ -265,7 +265,10 @@ pub struct RefreshToken {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SpendOutcome {
     /// The token was live; it is now spent and its successor stored.
-    Rotated { user_id: UserId, session_id: SessionId },
+    Rotated {
+        user_id: UserId,
+        session_id: SessionId,
+    },
     /// The token had been spent before. The caller decides between a
     /// retry (same successor) and reuse (revoke the family).
     AlreadySpent(RefreshToken),
@@ -305,7 +308,10 @@ mod tests {
         let b = UserId::new();
         assert_eq!(Conversation::direct(a, b), Conversation::direct(b, a));
         let text = Conversation::direct(b, a).to_string();
-        assert_eq!(text.parse::<Conversation>().unwrap(), Conversation::direct(a, b));
+        assert_eq!(
+            text.parse::<Conversation>().unwrap(),
+            Conversation::direct(a, b)
+        );
         assert_eq!(Conversation::direct(a, b).direct_includes(a), Some(true));
         assert_eq!(
             Conversation::direct(a, b).direct_includes(UserId::new()),

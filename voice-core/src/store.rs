@@ -72,8 +72,12 @@ pub trait FriendStore: Send + Sync {
 
     /// `user` accepts the pending request from `requester`; not found if
     /// there is none.
-    async fn accept_friend(&self, user: UserId, requester: UserId, now: OffsetDateTime)
-    -> Result<()>;
+    async fn accept_friend(
+        &self,
+        user: UserId,
+        requester: UserId,
+        now: OffsetDateTime,
+    ) -> Result<()>;
 
     /// Ends a friendship or withdraws or declines a request, from both
     /// sides. Returns whether anything was there. A block is left alone.

@@ -1,1 +1,185 @@
-//! placeholder
+//! The voice server as a library: build an [`AppState`], get the axum
+//! router from [`app`], or let [`Server`] do it all (open the store, run
+//! OIDC discovery, bind, serve until shut down).
+//!
+//! Modules, each with one job:
+//! - [`config`]: settings and where they come from.
+//! - [`state`]: the shared state handlers see.
+//! - [`error`]: the one error type and JSON extractors.
+//! - [`auth`]: sign-in, tokens, the `AuthUser` extractor.
+//! - [`health`]: liveness and readiness.
+//! - [`rate_limit`]: per-IP limits on the auth endpoints.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod health;
+pub mod rate_limit;
+pub mod state;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Request;
+use tokio::net::TcpListener;
+use tower_http::trace::TraceLayer;
+use voice_core::auth::IdentityProvider;
+use voice_store::SqliteStore;
+
+pub use config::Config;
+pub use state::AppState;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("cannot open the database: {0}")]
+    Store(voice_core::Error),
+    #[error("cannot reach the identity provider: {0}")]
+    Provider(String),
+}
+
+/// The whole HTTP API.
+pub fn app(state: AppState) -> Router {
+    let max_body = state.config.limits.max_body_bytes;
+    Router::new()
+        .merge(health::router())
+        .merge(auth::router(state.clone()))
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(
+            // Paths only: query strings carry authorization and login codes.
+            TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+            }),
+        )
+        .with_state(state)
+}
+
+/// A server ready to run: store opened, provider discovered, port bound.
+pub struct Server {
+    listener: TcpListener,
+    state: AppState,
+    store: SqliteStore,
+}
+
+impl Server {
+    /// Opens everything the configuration names. Fails early and clearly:
+    /// a bad setting, an unreachable provider or a database from a newer
+    /// version stops the start.
+    pub async fn start(mut config: Config) -> Result<Self, StartupError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let listener = TcpListener::bind(config.bind).await?;
+        // With port 0 the real port is known only now; URLs derived from
+        // the bind address (the OIDC callback) must use it.
+        config.bind = listener.local_addr()?;
+        let provider: Option<Arc<dyn IdentityProvider>> = match &config.auth.oidc {
+            Some(oidc) => {
+                let callback = format!("{}/v1/auth/callback", config.public_url());
+                let provider = auth::oidc::OidcProvider::discover(oidc, callback)
+                    .await
+                    .map_err(StartupError::Provider)?;
+                tracing::info!(issuer = provider.issuer(), "OpenID Connect provider ready");
+                Some(Arc::new(provider))
+            }
+            None => None,
+        };
+        let db_path = config.data_dir.join("voice.db");
+        let store =
+            SqliteStore::open(&db_path, config.store.clone()).map_err(StartupError::Store)?;
+        let state = AppState::new(config, Arc::new(store.clone()), provider)?;
+        if state.dev_login {
+            tracing::warn!(
+                "DEV SIGN-IN IS ON: anyone who can reach this server can sign in as any user name. \
+                 Configure auth.oidc for real use."
+            );
+        }
+        Ok(Self {
+            listener,
+            state,
+            store,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, lets in-flight requests finish
+    /// (for at most `limits.shutdown_grace_secs`), then closes the database.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let grace = Duration::from_secs(self.state.config.limits.shutdown_grace_secs);
+        let limiter = self.state.auth_limiter.clone();
+        let sweeper = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(rate_limit::SWEEP_INTERVAL);
+            loop {
+                interval.tick().await;
+                limiter.retain_recent();
+            }
+        });
+
+        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight requests");
+            let _ = stopping_tx.send(());
+        };
+        let service = app(self.state).into_make_service_with_connect_info::<SocketAddr>();
+        let serve = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
+        let mut serve = std::pin::pin!(serve.into_future());
+        let result = tokio::select! {
+            result = &mut serve => result,
+            _ = async {
+                let _ = stopping_rx.await;
+                tokio::time::sleep(grace).await;
+            } => {
+                tracing::warn!("in-flight requests did not finish within the grace period");
+                Ok(())
+            }
+        };
+        sweeper.abort();
+        self.store.close().await;
+        tracing::info!("database closed");
+        result
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+}

@@ -1,1 +1,74 @@
-fn main() {}
+//! The voice server binary: flags, logging, and the library's `Server`.
+//! With no flags it listens on 127.0.0.1:8080 and keeps its SQLite
+//! database in `./voice-data/`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use voice_server::config::{CliOverrides, Config};
+use voice_server::{Server, shutdown_signal};
+
+/// Self-hosted private messaging and voice calls.
+#[derive(Parser)]
+#[command(name = "voice-server", version)]
+struct Args {
+    /// Address and port to listen on [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR:PORT")]
+    bind: Option<SocketAddr>,
+    /// Directory for the database and the server secret [default: ./voice-data]
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// A TOML configuration file
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log as JSON lines instead of text
+    #[arg(long)]
+    log_json: bool,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = EnvFilter::try_from_env("VOICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    if args.log_json {
+        tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .json()
+            .init();
+    } else {
+        tracing_subscriber::fmt().with_env_filter(filter).init();
+    }
+
+    let overrides = CliOverrides {
+        bind: args.bind,
+        data_dir: args.data_dir,
+    };
+    let config = match Config::load(args.config.as_deref(), &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("voice-server: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let server = match Server::start(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("voice-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match server.local_addr() {
+        Ok(addr) => tracing::info!(%addr, "voice-server listening"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the bound address"),
+    }
+    match server.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("voice-server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

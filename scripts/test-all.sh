@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every check the project has, installing what they need first.
+# This is the README's test command, and CI runs exactly this (.ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\n==> %s\n' "$*"; }
+
+install_tools() {
+    # Debian packages the tests need. None yet beyond the toolchain; later
+    # issues add coturn and chromium here.
+    local packages=()
+    local missing=()
+    for package in "${packages[@]}"; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
+    done
+    if ((${#missing[@]})); then
+        log "installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+    fi
+    if ! cargo fuzz --version >/dev/null 2>&1; then
+        log "installing cargo-fuzz"
+        cargo install cargo-fuzz --locked --quiet
+    fi
+}
+
+install_tools
+
+log "format"
+cargo fmt --all -- --check
+
+log "clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+log "tests"
+cargo test --workspace --all-features
+
+log "benchmarks compile and run once (quick mode; figures are in docs/BENCHMARKS.md)"
+cargo bench -p voice-benches -- --test
+
+log "fuzz smoke run"
+# Stable toolchain only: no sanitizers, and RUSTC_BOOTSTRAP for the flags
+# cargo-fuzz passes.
+for target in wire_decode access_token; do
+    RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" -- \
+        -max_total_time=20 -rss_limit_mb=2048
+done
+
+log "all checks passed"

@@ -1,0 +1,236 @@
+//! Server configuration: one struct with a sane default for every setting,
+//! loaded from a TOML file, then `VOICE_*` environment variables, then
+//! command-line overrides (each layer wins over the one before).
+//!
+//! Nested keys in the environment use a double underscore:
+//! `VOICE_AUTH__OPEN_REGISTRATION=true` sets `auth.open_registration`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use voice_store::SqliteOptions;
+
+/// Everything the server can be told.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on. Loopback by default: nothing is exposed until
+    /// the self-hoster says so.
+    pub bind: SocketAddr,
+    /// Where the SQLite database and the generated server secret live.
+    pub data_dir: PathBuf,
+    /// The URL users reach this server at; the OIDC callback is
+    /// `<public_url>/v1/auth/callback`. Defaults to `http://<bind>`.
+    pub public_url: Option<String>,
+    pub store: SqliteOptions,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./voice-data"),
+            public_url: None,
+            store: SqliteOptions::default(),
+            auth: AuthConfig::default(),
+            limits: LimitsConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// The public base URL without a trailing slash.
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", self.bind),
+        }
+    }
+
+    /// Loads the layers: defaults, then `file` (if given), then `VOICE_*`
+    /// environment variables, then `overrides` (from flags).
+    pub fn load(
+        file: Option<&Path>,
+        overrides: &CliOverrides,
+    ) -> Result<Self, Box<figment::Error>> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(file) = file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment
+            .merge(Env::prefixed("VOICE_").split("__"))
+            .merge(Serialized::defaults(overrides));
+        figment.extract().map_err(Box::new)
+    }
+}
+
+/// The settings that also have command-line flags.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct CliOverrides {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bind: Option<SocketAddr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_dir: Option<PathBuf>,
+}
+
+/// Sign-in and tokens.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// The OpenID Connect provider users sign in with. Absent: no provider,
+    /// and dev sign-in decides whether anyone can sign in at all.
+    pub oidc: Option<OidcConfig>,
+    /// Dev sign-in (`POST /v1/auth/dev-login`). Unset means on exactly when
+    /// no provider is configured and the server listens on loopback.
+    /// Setting it to true anywhere else makes the server refuse to start.
+    pub dev_login: Option<bool>,
+    /// Who may sign in: exact emails (`alice@example.com`) and domains
+    /// (`@example.com`). Empty means nobody, unless `open_registration`.
+    pub allowed_emails: Vec<String>,
+    /// Lets anyone the provider vouches for register.
+    pub open_registration: bool,
+    /// Web origins (`https://voice.example.com`) that may receive login
+    /// codes; loopback redirect targets for native clients are always
+    /// allowed, and so is this server's own public URL.
+    pub web_origins: Vec<String>,
+    /// A server secret (at least 32 bytes). Unset: one is generated in the
+    /// data directory on first start and kept there.
+    pub secret: Option<String>,
+    /// `iss` and `aud` of the access tokens this server issues.
+    pub token_issuer: Option<String>,
+    pub token_audience: String,
+    pub access_token_ttl_secs: u64,
+    pub refresh_token_ttl_secs: u64,
+    /// A refresh token presented again within this many seconds of its
+    /// rotation gets the same successor (the first response was lost);
+    /// later, it counts as theft and revokes the session.
+    pub refresh_retry_grace_secs: u64,
+    pub login_code_ttl_secs: u64,
+    /// How long a sign-in may take at the provider.
+    pub pending_login_ttl_secs: u64,
+    /// Upper bound on sign-ins in progress and unredeemed login codes.
+    pub max_pending_logins: usize,
+    /// Per-IP rate limit on the auth endpoints.
+    pub rate_limit_per_minute: u32,
+    pub rate_limit_burst: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            oidc: None,
+            dev_login: None,
+            allowed_emails: Vec::new(),
+            open_registration: false,
+            web_origins: Vec::new(),
+            secret: None,
+            token_issuer: None,
+            token_audience: "voice".to_string(),
+            access_token_ttl_secs: 600,
+            refresh_token_ttl_secs: 30 * 24 * 3600,
+            refresh_retry_grace_secs: 10,
+            login_code_ttl_secs: 60,
+            pending_login_ttl_secs: 600,
+            max_pending_logins: 10_000,
+            rate_limit_per_minute: 60,
+            rate_limit_burst: 20,
+        }
+    }
+}
+
+/// An OpenID Connect provider. Only `client_id` and `client_secret` are
+/// needed for Google.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuer_url: String,
+    pub client_id: String,
+    pub client_secret: Option<String>,
+    pub scopes: Vec<String>,
+    /// Keys are re-fetched when an ID token names an unknown key id, but
+    /// no more often than this.
+    pub jwks_min_refresh_secs: u64,
+    /// Tolerated clock difference with the provider, for `iat`.
+    pub clock_skew_secs: u64,
+}
+
+impl Default for OidcConfig {
+    fn default() -> Self {
+        Self {
+            issuer_url: "https://accounts.google.com".to_string(),
+            client_id: String::new(),
+            client_secret: None,
+            scopes: vec!["openid".into(), "email".into(), "profile".into()],
+            jwks_min_refresh_secs: 60,
+            clock_skew_secs: 120,
+        }
+    }
+}
+
+/// Request limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Seconds in-flight requests get to finish at shutdown.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            shutdown_grace_secs: 10,
+        }
+    }
+}
+
+#[cfg(test)]
+// figment's Jail fixes the closure's error type; it is only test code.
+#[allow(clippy::result_large_err)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_win_over_environment_over_file() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "voice.toml",
+                r#"
+                bind = "127.0.0.1:9000"
+                data_dir = "/from/file"
+                [auth]
+                open_registration = true
+                access_token_ttl_secs = 30
+                "#,
+            )?;
+            jail.set_env("VOICE_DATA_DIR", "/from/env");
+            jail.set_env("VOICE_AUTH__ACCESS_TOKEN_TTL_SECS", "45");
+            let overrides = CliOverrides {
+                bind: Some("127.0.0.1:9100".parse().unwrap()),
+                data_dir: None,
+            };
+            let config = Config::load(Some(Path::new("voice.toml")), &overrides).map_err(|e| *e)?;
+            assert_eq!(config.bind, "127.0.0.1:9100".parse().unwrap());
+            assert_eq!(config.data_dir, PathBuf::from("/from/env"));
+            assert!(config.auth.open_registration);
+            assert_eq!(config.auth.access_token_ttl_secs, 45);
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("voice.toml", "bnid = \"127.0.0.1:1\"")?;
+            assert!(Config::load(Some(Path::new("voice.toml")), &CliOverrides::default()).is_err());
+            Ok(())
+        });
+    }
+}
