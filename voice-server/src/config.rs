@@ -63,7 +63,8 @@ impl Config {
             figment = figment.merge(Toml::file_exact(file));
         }
         figment = figment
-            .merge(Env::prefixed("VOICE_").split("__"))
+            // VOICE_LOG is the log filter, read by the binary.
+            .merge(Env::prefixed("VOICE_").ignore(&["log"]).split("__"))
             .merge(Serialized::defaults(overrides));
         figment.extract().map_err(Box::new)
     }
@@ -211,6 +212,7 @@ mod tests {
                 "#,
             )?;
             jail.set_env("VOICE_DATA_DIR", "/from/env");
+            jail.set_env("VOICE_LOG", "debug");
             jail.set_env("VOICE_AUTH__ACCESS_TOKEN_TTL_SECS", "45");
             let overrides = CliOverrides {
                 bind: Some("127.0.0.1:9100".parse().unwrap()),

@@ -2,6 +2,7 @@
 //! With no flags it listens on 127.0.0.1:8080 and keeps its SQLite
 //! database in `./voice-data/`.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
