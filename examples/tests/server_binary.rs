@@ -18,7 +18,6 @@ fn start(dir: &std::path::Path, args: &[&str]) -> Running {
         .args(args)
         .current_dir(dir)
         .env("VOICE_LOG", "info")
-        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

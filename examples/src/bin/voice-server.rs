@@ -34,13 +34,11 @@ struct Args {
 async fn main() -> ExitCode {
     let args = Args::parse();
     let filter = EnvFilter::try_from_env("VOICE_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt().with_env_filter(filter);
     if args.log_json {
-        tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .json()
-            .init();
+        logs.json().init();
     } else {
-        tracing_subscriber::fmt().with_env_filter(filter).init();
+        logs.with_ansi(std::io::stdout().is_terminal()).init();
     }
 
     let overrides = CliOverrides {
