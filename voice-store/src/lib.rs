@@ -1,1 +1,62 @@
-//! placeholder
+//! SQLite storage for voice: an implementation of [`voice_core::store::Store`]
+//! on one database file, plus a conformance suite that any backend of the
+//! trait can run.
+//!
+//! # Layout
+//!
+//! - [`options`]: what an operator can tune ([`SqliteOptions`]).
+//! - `schema`: the embedded, versioned migrations.
+//! - `worker`: the threads that own the connections; the writer's group
+//!   commit lives here.
+//! - `store`: the cheap, cloneable [`SqliteStore`] handle that sends work to
+//!   those threads.
+//! - `queries`: the SQL behind each trait method.
+//! - `conformance` (feature `conformance`): the backend-independent test
+//!   suite.
+//!
+//! # Threads
+//!
+//! SQLite calls block, so none of them run on the async runtime. One writer
+//! thread owns the only write connection; a few reader threads own a
+//! connection each. A caller's future only waits on a `tokio` oneshot.
+//!
+//! The writer does *group commit*: it waits for one write, takes every
+//! write already queued behind it (up to [`SqliteOptions::max_batch`]), runs
+//! them in one `BEGIN IMMEDIATE` transaction, each inside its own
+//! `SAVEPOINT` so a failing write rolls back only itself, commits once, and
+//! only then answers every caller. Under load one disk sync covers many
+//! writes; alone, a write costs one transaction as usual.
+//!
+//! # Durability
+//!
+//! A write is acknowledged only after the transaction that holds it has
+//! committed. The journal is always WAL. What survives depends on
+//! [`Synchronous`]:
+//!
+//! - [`Synchronous::Normal`] (the default): a commit reaches the WAL file in
+//!   the operating system's cache, which is synced at checkpoints. Every
+//!   acknowledged write survives the process crashing or being killed
+//!   (`kill -9`). An operating-system crash or power loss can lose the most
+//!   recent acknowledged writes, but never corrupts the database.
+//! - [`Synchronous::Full`]: the WAL is synced to disk at every commit before
+//!   anyone is answered, so acknowledged writes also survive power loss, as
+//!   far as the disk honours flushes. Group commit shares each sync among
+//!   the writes of a batch.
+//!
+//! Dropping the last [`SqliteStore`] handle lets the threads finish the
+//! queued work and closes the database; [`SqliteStore::close`] does the same
+//! without blocking the runtime.
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+mod error;
+pub mod options;
+mod queries;
+mod schema;
+mod store;
+mod worker;
+
+pub use options::{SqliteOptions, Synchronous};
+pub use schema::SCHEMA_VERSION;
+pub use store::SqliteStore;
+pub use worker::StoreStats;

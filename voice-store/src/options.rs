@@ -1,0 +1,108 @@
+//! What an operator can tune about the SQLite store. The server embeds
+//! [`SqliteOptions`] in its configuration, so every field has a default and
+//! the shape is stable under serde.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How hard SQLite works to keep an acknowledged write, in WAL mode. See the
+/// crate documentation for what each level survives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Synchronous {
+    /// Survives a crash or kill of the process; the WAL is synced only at
+    /// checkpoints.
+    #[default]
+    Normal,
+    /// Also survives power loss: the WAL is synced at every commit.
+    Full,
+}
+
+impl Synchronous {
+    /// The value of `PRAGMA synchronous`.
+    pub(crate) fn pragma_value(self) -> &'static str {
+        match self {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        }
+    }
+}
+
+/// Settings for [`crate::SqliteStore::open`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SqliteOptions {
+    /// Durability of acknowledged writes.
+    pub synchronous: Synchronous,
+    /// Reader threads, each with its own connection. Reads run in parallel
+    /// with each other and with the writer (WAL), so this bounds read
+    /// concurrency. At least one is started.
+    pub readers: usize,
+    /// How long a connection waits for a lock held by another process
+    /// before failing. Within one store the writer thread is the only
+    /// writer, so this matters only when other processes open the file. In
+    /// configuration files it is a number of milliseconds.
+    #[serde(with = "millis")]
+    pub busy_timeout: Duration,
+    /// The most writes committed in one transaction. Larger batches share
+    /// one sync among more writes but make each caller in the batch wait
+    /// for all of them. At least one.
+    pub max_batch: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            synchronous: Synchronous::Normal,
+            readers: 4,
+            busy_timeout: Duration::from_secs(5),
+            max_batch: 1024,
+        }
+    }
+}
+
+/// A [`Duration`] as whole milliseconds: what people write in a config file.
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &Duration, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_u64(u64::try_from(value.as_millis()).unwrap_or(u64::MAX))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        u64::deserialize(deserializer).map(Duration::from_millis)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_fields_take_their_defaults() {
+        let options: SqliteOptions =
+            serde_json::from_str(r#"{"synchronous":"full","busy_timeout":250}"#).unwrap();
+        assert_eq!(options.synchronous, Synchronous::Full);
+        assert_eq!(options.busy_timeout, Duration::from_millis(250));
+        assert_eq!(options.readers, SqliteOptions::default().readers);
+        assert_eq!(options.max_batch, SqliteOptions::default().max_batch);
+
+        let empty: SqliteOptions = serde_json::from_str("{}").unwrap();
+        assert_eq!(empty, SqliteOptions::default());
+    }
+
+    #[test]
+    fn options_round_trip_and_reject_unknown_levels() {
+        let options = SqliteOptions::default();
+        let json = serde_json::to_string(&options).unwrap();
+        assert!(json.contains(r#""synchronous":"normal""#), "{json}");
+        assert_eq!(
+            serde_json::from_str::<SqliteOptions>(&json).unwrap(),
+            options
+        );
+        assert!(serde_json::from_str::<SqliteOptions>(r#"{"synchronous":"off"}"#).is_err());
+    }
+}

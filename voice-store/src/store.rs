@@ -1,0 +1,541 @@
+//! [`SqliteStore`]: opening the database, starting its threads, and the
+//! typed `read`/`write` helpers every query goes through.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
+use rusqlite::{Connection, OpenFlags};
+use tokio::sync::oneshot;
+use voice_core::Error;
+use voice_core::error::Result;
+
+use crate::error::DbResult;
+use crate::options::SqliteOptions;
+use crate::schema::{self, open_error};
+use crate::worker::{self, Counters, ReadJob, StoreStats, Write, WriteJob};
+
+/// The SQLite implementation of [`voice_core::store::Store`]. Cloning is
+/// cheap and shares the same threads; dropping the last clone finishes the
+/// queued writes and closes the database (blocking the dropping thread
+/// meanwhile; [`SqliteStore::close`] avoids that).
+#[derive(Clone)]
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    // Field order matters: the senders drop first, which tells the threads
+    // to finish, and only then does `threads` join them.
+    writes: Sender<Box<dyn WriteJob>>,
+    reads: Sender<ReadJob>,
+    counters: Arc<Counters>,
+    #[expect(dead_code, reason = "only ever dropped, which joins the threads")]
+    threads: Threads,
+}
+
+/// Joins the store's threads when dropped, writer last, so that the last
+/// connection to close is the one that may checkpoint and remove the WAL.
+struct Threads {
+    readers: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
+}
+
+impl Drop for Threads {
+    fn drop(&mut self) {
+        for handle in self.readers.drain(..).chain(self.writer.take()) {
+            if handle.join().is_err() {
+                tracing::error!("a store thread panicked");
+            }
+        }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path`, brings its schema
+    /// up to date and starts the writer and reader threads. Refuses a
+    /// database whose schema is newer than this build knows.
+    ///
+    /// This blocks on file I/O and migrations: call it at startup, before
+    /// serving, or from a blocking task.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
+        let mut writer = connect(path, &options, true)?;
+        schema::migrate(&mut writer)?;
+        let readers = (0..options.readers.max(1))
+            .map(|_| connect(path, &options, false))
+            .collect::<Result<Vec<_>>>()?;
+
+        // Declared before the channels so that, on an early return, the
+        // senders drop first and the started threads can be joined.
+        let mut threads = Threads {
+            readers: Vec::new(),
+            writer: None,
+        };
+        let (writes, write_queue) = crossbeam_channel::unbounded::<Box<dyn WriteJob>>();
+        let (reads, read_queue) = crossbeam_channel::unbounded::<ReadJob>();
+        let counters = Arc::new(Counters::default());
+
+        for (index, conn) in readers.into_iter().enumerate() {
+            let queue = read_queue.clone();
+            threads
+                .readers
+                .push(spawn(format!("voice-store-read-{index}"), move || {
+                    worker::reader_loop(conn, queue)
+                })?);
+        }
+        let writer_counters = counters.clone();
+        let max_batch = options.max_batch;
+        threads.writer = Some(spawn("voice-store-write".to_owned(), move || {
+            worker::writer_loop(writer, write_queue, max_batch, writer_counters)
+        })?);
+
+        Ok(SqliteStore {
+            inner: Arc::new(Inner {
+                writes,
+                reads,
+                counters,
+                threads,
+            }),
+        })
+    }
+
+    /// Waits until every write queued before this call is settled, then,
+    /// if this is the last handle, closes the database: all threads are
+    /// joined and the WAL is checkpointed. The joining happens on a thread
+    /// of its own, so the runtime is never blocked. With other handles
+    /// alive the database stays open for them.
+    pub async fn close(self) {
+        // A no-op write is answered only after everything queued before it.
+        let _ = self.write(|_| Ok(())).await;
+        let Ok(inner) = Arc::try_unwrap(self.inner) else {
+            return;
+        };
+        let (done, joined) = oneshot::channel();
+        let joiner = std::thread::Builder::new()
+            .name("voice-store-close".to_owned())
+            .spawn(move || {
+                drop(inner);
+                let _ = done.send(());
+            });
+        match joiner {
+            Ok(_) => {
+                let _ = joined.await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot start a thread to close the store; dropping it here");
+            }
+        }
+    }
+
+    /// What the writer has done so far.
+    pub fn stats(&self) -> StoreStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Whether the writer thread is still there to take writes.
+    pub(crate) fn writer_running(&self) -> bool {
+        self.inner.counters.writer_running()
+    }
+
+    /// Writes waiting for the writer: lets tests line up a batch.
+    #[cfg(test)]
+    pub(crate) fn queued_writes(&self) -> usize {
+        self.inner.writes.len()
+    }
+
+    /// Runs `work` on the writer thread, inside the next batch's transaction
+    /// and its own savepoint: an error rolls back only this work. Answers
+    /// once the batch has committed.
+    pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        self.inner
+            .writes
+            .send(Box::new(Write::new(work, reply)))
+            .map_err(|_| writer_gone())?;
+        answer.await.map_err(|_| writer_gone())?
+    }
+
+    /// Runs `work` on a reader thread. It sees every write that was
+    /// acknowledged before it was called.
+    pub(crate) async fn read<T, F>(&self, work: F) -> Result<T>
+    where
+        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = reply.send(worker::run_guarded(work, conn));
+        });
+        self.inner.reads.send(job).map_err(|_| readers_gone())?;
+        answer.await.map_err(|_| readers_gone())?
+    }
+}
+
+fn writer_gone() -> Error {
+    tracing::error!("the store's writer thread is gone");
+    Error::unavailable("database writer stopped")
+}
+
+fn readers_gone() -> Error {
+    tracing::error!("the store's reader threads are gone");
+    Error::unavailable("database readers stopped")
+}
+
+fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name(name)
+        .spawn(body)
+        .map_err(|e| Error::unavailable(format!("cannot start a store thread: {e}")))
+}
+
+/// Opens one connection with the pragmas every connection needs. Readers
+/// are `query_only` rather than opened read-only, so that whichever
+/// connection closes last may checkpoint the WAL.
+fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX
+        | OpenFlags::SQLITE_OPEN_URI;
+    if writer {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let conn = Connection::open_with_flags(path, flags).map_err(|e| {
+        Error::unavailable(format!(
+            "cannot open the database at {}: {e}",
+            path.display()
+        ))
+    })?;
+    conn.busy_timeout(options.busy_timeout)
+        .map_err(|e| open_error("set busy_timeout", &e))?;
+    conn.set_prepared_statement_cache_capacity(64);
+    conn.pragma_update(None, "foreign_keys", true)
+        .map_err(|e| open_error("enable foreign keys", &e))?;
+    if writer {
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| open_error("enable WAL", &e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(Error::unavailable(format!(
+                "cannot open the database: it refuses WAL journaling (journal_mode is {mode})"
+            )));
+        }
+        conn.pragma_update(None, "synchronous", options.synchronous.pragma_value())
+            .map_err(|e| open_error("set synchronous", &e))?;
+    } else {
+        conn.pragma_update(None, "query_only", true)
+            .map_err(|e| open_error("make a reader query-only", &e))?;
+    }
+    Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use rusqlite::OptionalExtension;
+    use voice_core::ErrorCode;
+
+    use super::*;
+    use crate::error::DbError;
+    use crate::options::Synchronous;
+
+    fn open(dir: &tempfile::TempDir, options: SqliteOptions) -> SqliteStore {
+        SqliteStore::open(&dir.path().join("voice.db"), options).unwrap()
+    }
+
+    /// Waits, without assuming any timing, until `ready` holds.
+    async fn until(mut ready: impl FnMut() -> bool) {
+        while !ready() {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Occupies the writer until the returned sender is dropped or used, so
+    /// that the writes queued meanwhile are certain to form one batch.
+    async fn hold_writer(store: &SqliteStore) -> (mpsc::Sender<()>, tokio::task::JoinHandle<()>) {
+        let (release, released) = mpsc::channel::<()>();
+        let before = store.stats().batches;
+        let holder = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .write(move |_| {
+                        let _ = released.recv();
+                        Ok(())
+                    })
+                    .await
+                    .unwrap();
+            }
+        });
+        until(|| store.stats().batches > before).await;
+        (release, holder)
+    }
+
+    fn insert_row(id: i64) -> impl FnOnce(&Connection) -> DbResult<i64> + Send + 'static {
+        move |conn| {
+            conn.execute("INSERT INTO probe (id) VALUES (?1)", [id])?;
+            Ok(id)
+        }
+    }
+
+    fn spawn_write<T: Send + 'static>(
+        store: &SqliteStore,
+        work: impl FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+    ) -> tokio::task::JoinHandle<Result<T>> {
+        let store = store.clone();
+        tokio::spawn(async move { store.write(work).await })
+    }
+
+    async fn row_exists(store: &SqliteStore, id: i64) -> bool {
+        store
+            .read(move |conn| {
+                Ok(conn
+                    .query_row("SELECT 1 FROM probe WHERE id = ?1", [id], |_| Ok(()))
+                    .optional()?
+                    .is_some())
+            })
+            .await
+            .unwrap()
+    }
+
+    /// A scratch table for the batching tests, outside the real schema.
+    async fn with_probe_table(store: &SqliteStore) {
+        store
+            .write(|conn| {
+                conn.execute_batch(
+                    "CREATE TABLE probe (id INTEGER PRIMARY KEY,
+                                         parent INTEGER REFERENCES probe (id))",
+                )?;
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_commit_together_in_one_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SqliteOptions::default());
+        with_probe_table(&store).await;
+        let (release, holder) = hold_writer(&store).await;
+        let batches_before = store.stats().batches;
+
+        let writes: Vec<_> = (0..50)
+            .map(|id| {
+                let store = store.clone();
+                tokio::spawn(async move { store.write(insert_row(id)).await })
+            })
+            .collect();
+        until(|| store.queued_writes() == 50).await;
+        release.send(()).unwrap();
+        holder.await.unwrap();
+        for (id, write) in writes.into_iter().enumerate() {
+            assert_eq!(write.await.unwrap().unwrap(), id as i64);
+        }
+
+        let stats = store.stats();
+        assert_eq!(stats.batches, batches_before + 1, "{stats:?}");
+        assert_eq!(stats.largest_batch, 50, "{stats:?}");
+        assert_eq!(stats.failed_batches, 0);
+        for id in 0..50 {
+            assert!(row_exists(&store, id).await);
+        }
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn max_batch_caps_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(
+            &dir,
+            SqliteOptions {
+                max_batch: 4,
+                ..SqliteOptions::default()
+            },
+        );
+        with_probe_table(&store).await;
+        let (release, holder) = hold_writer(&store).await;
+        let writes: Vec<_> = (0..10)
+            .map(|id| {
+                let store = store.clone();
+                tokio::spawn(async move { store.write(insert_row(id)).await })
+            })
+            .collect();
+        until(|| store.queued_writes() == 10).await;
+        let batches_before = store.stats().batches;
+        release.send(()).unwrap();
+        holder.await.unwrap();
+        for write in writes {
+            write.await.unwrap().unwrap();
+        }
+        let stats = store.stats();
+        assert_eq!(stats.largest_batch, 4, "{stats:?}");
+        assert_eq!(stats.batches, batches_before + 3, "{stats:?}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_rolls_back_only_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SqliteOptions::default());
+        with_probe_table(&store).await;
+        let (release, holder) = hold_writer(&store).await;
+
+        let before = spawn_write(&store, insert_row(1));
+        until(|| store.queued_writes() == 1).await;
+        // Writes something, then fails: its row must vanish with it.
+        let failing = spawn_write(&store, |conn| -> DbResult<i64> {
+            insert_row(2)(conn)?;
+            Err(DbError::Api(voice_core::Error::bad_request(
+                "changed my mind",
+            )))
+        });
+        until(|| store.queued_writes() == 2).await;
+        // Fails inside SQLite: a duplicate key.
+        let duplicate = spawn_write(&store, insert_row(1));
+        until(|| store.queued_writes() == 3).await;
+        let panicking = spawn_write(&store, |conn| -> DbResult<i64> {
+            insert_row(3)(conn)?;
+            panic!("a bug in a job");
+        });
+        until(|| store.queued_writes() == 4).await;
+        let after = spawn_write(&store, insert_row(4));
+        until(|| store.queued_writes() == 5).await;
+        release.send(()).unwrap();
+        holder.await.unwrap();
+
+        assert_eq!(before.await.unwrap().unwrap(), 1);
+        assert_eq!(
+            failing.await.unwrap().unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(
+            duplicate.await.unwrap().unwrap_err().code,
+            ErrorCode::Conflict
+        );
+        assert_eq!(
+            panicking.await.unwrap().unwrap_err().code,
+            ErrorCode::Internal
+        );
+        assert_eq!(after.await.unwrap().unwrap(), 4);
+        let stats = store.stats();
+        assert_eq!(
+            stats.largest_batch, 5,
+            "all five shared a transaction: {stats:?}"
+        );
+        assert_eq!(stats.failed_batches, 0);
+        assert!(row_exists(&store, 1).await);
+        assert!(!row_exists(&store, 2).await);
+        assert!(!row_exists(&store, 3).await);
+        assert!(row_exists(&store, 4).await);
+        // The writer survived the panic.
+        store.write(insert_row(5)).await.unwrap();
+        store.close().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_commit_fails_every_write_in_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SqliteOptions::default());
+        with_probe_table(&store).await;
+        let (release, holder) = hold_writer(&store).await;
+
+        let innocent = {
+            let store = store.clone();
+            tokio::spawn(async move { store.write(insert_row(1)).await })
+        };
+        until(|| store.queued_writes() == 1).await;
+        // A deferred foreign key is checked only at COMMIT, so this job
+        // succeeds by itself and makes the whole transaction fail.
+        let poison = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .write(|conn| {
+                        conn.execute_batch(
+                            "PRAGMA defer_foreign_keys = ON;
+                             INSERT INTO probe (id, parent) VALUES (2, 999);",
+                        )?;
+                        Ok(2)
+                    })
+                    .await
+            })
+        };
+        until(|| store.queued_writes() == 2).await;
+        let failed_before = store.stats().failed_batches;
+        release.send(()).unwrap();
+        holder.await.unwrap();
+
+        assert_eq!(
+            innocent.await.unwrap().unwrap_err().code,
+            ErrorCode::Internal
+        );
+        assert_eq!(poison.await.unwrap().unwrap_err().code, ErrorCode::Internal);
+        assert_eq!(store.stats().failed_batches, failed_before + 1);
+        assert!(
+            !row_exists(&store, 1).await,
+            "nothing of the batch was kept"
+        );
+        assert!(!row_exists(&store, 2).await);
+        // The next batch starts clean.
+        assert_eq!(store.write(insert_row(3)).await.unwrap(), 3);
+        assert!(row_exists(&store, 3).await);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn synchronous_reaches_the_writer_connection() {
+        for (level, expected) in [(Synchronous::Normal, 1), (Synchronous::Full, 2)] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = open(
+                &dir,
+                SqliteOptions {
+                    synchronous: level,
+                    ..SqliteOptions::default()
+                },
+            );
+            let (synchronous, journal, foreign_keys) = store
+                .write(|conn| {
+                    let synchronous: i64 =
+                        conn.pragma_query_value(None, "synchronous", |row| row.get(0))?;
+                    let journal: String =
+                        conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+                    let foreign_keys: bool =
+                        conn.pragma_query_value(None, "foreign_keys", |row| row.get(0))?;
+                    Ok((synchronous, journal, foreign_keys))
+                })
+                .await
+                .unwrap();
+            assert_eq!(synchronous, expected, "{level:?}");
+            assert_eq!(journal, "wal");
+            assert!(foreign_keys);
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn readers_cannot_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SqliteOptions::default());
+        let refused = store
+            .read(|conn| {
+                conn.execute("DELETE FROM users", [])?;
+                Ok(())
+            })
+            .await;
+        assert_eq!(refused.unwrap_err().code, ErrorCode::Internal);
+        store.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_conformance_suite_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SqliteOptions::default());
+        crate::conformance::run_all(&store).await;
+        store.close().await;
+    }
+}

@@ -1,0 +1,238 @@
+//! The threads that own the SQLite connections, and the jobs sent to them.
+//! SQLite calls block, so they never run on the async runtime: callers send
+//! a boxed closure over a crossbeam channel and await a tokio oneshot.
+//!
+//! The writer thread does group commit (see the crate documentation). Its
+//! one subtle promise: nobody hears "done" before the transaction holding
+//! their write has committed, and if that commit fails, everybody in the
+//! batch hears an error.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use crossbeam_channel::Receiver;
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+use voice_core::Error;
+use voice_core::error::Result;
+
+use crate::error::{DbError, DbResult, sql_error};
+
+/// A write waiting for the writer thread. It is run inside the batch's
+/// transaction, and answered only once the transaction's fate is known.
+pub(crate) trait WriteJob: Send {
+    /// Runs the work and keeps its outcome; returns whether it succeeded,
+    /// so the writer knows whether to keep or roll back its savepoint.
+    fn run(&mut self, conn: &Connection) -> bool;
+
+    /// Answers the caller: with the kept outcome, or with `failure` when the
+    /// transaction did not commit.
+    fn finish(self: Box<Self>, failure: Option<Error>);
+}
+
+/// A read for any reader thread: it answers its caller itself.
+pub(crate) type ReadJob = Box<dyn FnOnce(&Connection) + Send>;
+
+/// The [`WriteJob`] behind [`crate::SqliteStore`]'s typed `write`.
+pub(crate) struct Write<F, T> {
+    work: Option<F>,
+    outcome: Option<Result<T>>,
+    reply: oneshot::Sender<Result<T>>,
+}
+
+impl<F, T> Write<F, T> {
+    pub(crate) fn new(work: F, reply: oneshot::Sender<Result<T>>) -> Self {
+        Self {
+            work: Some(work),
+            outcome: None,
+            reply,
+        }
+    }
+}
+
+impl<F, T> WriteJob for Write<F, T>
+where
+    F: FnOnce(&Connection) -> DbResult<T> + Send,
+    T: Send,
+{
+    fn run(&mut self, conn: &Connection) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let outcome = run_guarded(work, conn);
+        let ok = outcome.is_ok();
+        self.outcome = Some(outcome);
+        ok
+    }
+
+    fn finish(self: Box<Self>, failure: Option<Error>) {
+        let outcome = match (failure, self.outcome) {
+            (Some(error), _) => Err(error),
+            (None, Some(outcome)) => outcome,
+            (None, None) => Err(Error::internal()),
+        };
+        // The caller may have stopped waiting; the write stands regardless.
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// Runs one job's closure, turning its errors (and a panic, which is a bug
+/// in the job) into the caller's error, so that one bad job cannot take
+/// down the thread that every other caller depends on.
+pub(crate) fn run_guarded<T>(
+    work: impl FnOnce(&Connection) -> DbResult<T>,
+    conn: &Connection,
+) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(|| work(conn))) {
+        Ok(result) => result.map_err(DbError::into_error),
+        Err(_) => {
+            tracing::error!("a store job panicked");
+            Err(Error::internal())
+        }
+    }
+}
+
+/// Counts of what the writer did, for tests and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreStats {
+    /// Write transactions the writer started (one per batch).
+    pub batches: u64,
+    /// Write jobs taken from the queue, in all batches.
+    pub writes: u64,
+    /// The most writes one transaction held.
+    pub largest_batch: u64,
+    /// Batches that did not commit: every write in them got an error.
+    pub failed_batches: u64,
+}
+
+/// The live counters behind [`StoreStats`], shared with the writer thread.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    batches: AtomicU64,
+    writes: AtomicU64,
+    largest_batch: AtomicU64,
+    failed_batches: AtomicU64,
+    /// Cleared when the writer thread ends for any reason, so the readiness
+    /// probe can report a store that can no longer write.
+    writer_stopped: AtomicBool,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> StoreStats {
+        StoreStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+            largest_batch: self.largest_batch.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn writer_running(&self) -> bool {
+        !self.writer_stopped.load(Ordering::Acquire)
+    }
+
+    fn record_batch(&self, size: usize) {
+        let size = size as u64;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(size, Ordering::Relaxed);
+        self.largest_batch.fetch_max(size, Ordering::Relaxed);
+    }
+}
+
+/// Marks the writer stopped however its thread ends, panics included.
+struct StoppedOnDrop(Arc<Counters>);
+
+impl Drop for StoppedOnDrop {
+    fn drop(&mut self) {
+        self.0.writer_stopped.store(true, Ordering::Release);
+    }
+}
+
+/// The writer thread's body: batches until every sender is gone and the
+/// queue is drained, then closes the connection.
+pub(crate) fn writer_loop(
+    conn: Connection,
+    jobs: Receiver<Box<dyn WriteJob>>,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) {
+    let _stopped = StoppedOnDrop(counters.clone());
+    let max_batch = max_batch.max(1);
+    let mut batch: Vec<Box<dyn WriteJob>> = Vec::new();
+    // `recv` fails only once all senders are dropped *and* the queue is
+    // empty, so every accepted write is run before the thread ends.
+    while let Ok(first) = jobs.recv() {
+        batch.push(first);
+        // Only what is already queued: waiting for more would add latency
+        // to a lone write for no gain.
+        batch.extend(jobs.try_iter().take(max_batch - 1));
+        counters.record_batch(batch.len());
+        let failure = commit_batch(&conn, &mut batch).err();
+        if failure.is_some() {
+            counters.failed_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        for job in batch.drain(..) {
+            job.finish(failure.clone());
+        }
+    }
+    close(conn, "writer");
+}
+
+/// Runs a batch in one transaction. An error means nothing in the batch
+/// was committed.
+fn commit_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<()> {
+    conn.execute_batch("BEGIN IMMEDIATE")
+        .map_err(|e| sql_error(&e))?;
+    for job in batch.iter_mut() {
+        conn.execute_batch("SAVEPOINT job")
+            .map_err(|e| abort(conn, &e))?;
+        let ok = job.run(conn);
+        // Some errors (disk full, I/O) make SQLite roll back the whole
+        // transaction, taking the earlier jobs' work with it.
+        if conn.is_autocommit() {
+            tracing::error!("sqlite rolled back a write transaction; failing its whole batch");
+            return Err(Error::internal());
+        }
+        let end = if ok {
+            "RELEASE job"
+        } else {
+            "ROLLBACK TO job; RELEASE job"
+        };
+        conn.execute_batch(end).map_err(|e| abort(conn, &e))?;
+    }
+    conn.execute_batch("COMMIT").map_err(|e| abort(conn, &e))
+}
+
+/// Gives up on the open transaction after `error`.
+fn abort(conn: &Connection, error: &rusqlite::Error) -> Error {
+    tracing::error!(%error, "write transaction failed; rolling back its whole batch");
+    // Whatever the cause (even a constraint checked at commit), the writes
+    // in the batch are lost through no fault of most of their callers.
+    let mapped = match sql_error(error) {
+        busy if busy.code == voice_core::ErrorCode::Unavailable => busy,
+        _ => Error::internal(),
+    };
+    // A failed COMMIT can leave the transaction open (e.g. a deferred
+    // constraint); it must not leak into the next batch.
+    if !conn.is_autocommit()
+        && let Err(error) = conn.execute_batch("ROLLBACK")
+    {
+        tracing::error!(%error, "rollback failed");
+    }
+    mapped
+}
+
+/// A reader thread's body: serves reads until the store is dropped.
+pub(crate) fn reader_loop(conn: Connection, jobs: Receiver<ReadJob>) {
+    while let Ok(job) = jobs.recv() {
+        job(&conn);
+    }
+    close(conn, "reader");
+}
+
+fn close(conn: Connection, role: &str) {
+    if let Err((_, error)) = conn.close() {
+        tracing::error!(%error, role, "closing a database connection failed");
+    }
+}
