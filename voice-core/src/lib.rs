@@ -7,6 +7,7 @@
 //! its logic can be tested with plain values.
 
 pub mod auth;
+pub mod bus;
 pub mod error;
 pub mod ids;
 pub mod model;

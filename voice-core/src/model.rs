@@ -22,6 +22,9 @@ pub struct User {
     pub picture: Option<String>,
     #[serde(with = "time::serde::rfc3339")]
     pub created_at: OffsetDateTime,
+    /// When the user was last connected; `None` if never.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
 }
 
 /// What a sign-in proved about a person: the input to registering or
@@ -170,6 +173,10 @@ pub struct NewMessage {
 pub struct Message {
     pub id: MessageId,
     pub conversation: Conversation,
+    /// Position in its conversation: 1, 2, 3... in commit order, without
+    /// gaps. History pages use it as their cursor, so a page never misses
+    /// or repeats a message however many are sent meanwhile.
+    pub seq: u64,
     pub sender: UserId,
     pub body: Option<String>,
     pub client_id: Option<String>,
@@ -177,6 +184,46 @@ pub struct Message {
     pub created_at: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339::option")]
     pub deleted_at: Option<OffsetDateTime>,
+}
+
+/// The result of storing a message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageInsert {
+    pub message: Message,
+    /// False when the `client_id` had been used before: `message` is then
+    /// the first one, unchanged, and nothing was delivered again.
+    pub created: bool,
+    /// The `message.created` events appended to the recipients' logs.
+    pub deliveries: Vec<crate::wire::Delivery>,
+}
+
+/// The result of deleting a message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MessageDeletion {
+    /// The tombstone.
+    pub message: Message,
+    /// The `message.deleted` events appended; empty if it was deleted before.
+    pub deliveries: Vec<crate::wire::Delivery>,
+}
+
+/// What a user may read of a conversation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConversationAccess {
+    /// Set for a former group member: the last `seq` they may read.
+    pub readable_until: Option<u64>,
+}
+
+/// One line of a user's conversation list.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationSummary {
+    pub conversation: Conversation,
+    /// The newest message the user may read (a tombstone if deleted).
+    pub last_message: Option<Message>,
+    /// Messages from others after `last_read_seq`, not deleted.
+    pub unread: u64,
+    pub last_read_seq: u64,
+    /// False for a group the user has left or was removed from.
+    pub active: bool,
 }
 
 /// A group conversation.

@@ -12,9 +12,11 @@ use time::OffsetDateTime;
 use crate::error::Result;
 use crate::ids::{GroupId, MessageId, SessionId, UserId};
 use crate::model::{
-    Conversation, Friend, FriendStatus, Group, GroupMember, GroupRole, Identity, Message,
-    NewMessage, RefreshToken, Session, SpendOutcome, User,
+    Conversation, ConversationAccess, ConversationSummary, Friend, FriendStatus, Group,
+    GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert, NewMessage,
+    RefreshToken, Session, SpendOutcome, User,
 };
+use crate::wire::{Delivery, Event, Replay};
 
 /// Users, keyed by identity provider issuer and subject.
 #[async_trait]
@@ -24,6 +26,13 @@ pub trait UserStore: Send + Sync {
     async fn upsert_user(&self, identity: &Identity, now: OffsetDateTime) -> Result<(User, bool)>;
 
     async fn get_user(&self, id: UserId) -> Result<Option<User>>;
+
+    /// Users whose name or email starts with `query`, ignoring case, at
+    /// most `limit`, ordered by name.
+    async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>>;
+
+    /// Records when the user was last connected.
+    async fn set_last_seen(&self, id: UserId, at: OffsetDateTime) -> Result<()>;
 
     /// Counts users: for readiness reports and tests that check nobody was
     /// registered.
@@ -86,6 +95,9 @@ pub trait FriendStore: Send + Sync {
     /// `user` blocks `other`: any friendship or request between them ends.
     async fn block_user(&self, user: UserId, other: UserId, now: OffsetDateTime) -> Result<()>;
 
+    /// Lifts `user`'s block of `other`. Returns whether there was one.
+    async fn unblock_user(&self, user: UserId, other: UserId) -> Result<bool>;
+
     /// `user`'s view of the relationship with `other`.
     async fn friendship(&self, user: UserId, other: UserId) -> Result<Option<FriendStatus>>;
 
@@ -93,27 +105,86 @@ pub trait FriendStore: Send + Sync {
     async fn list_friends(&self, user: UserId) -> Result<Vec<Friend>>;
 }
 
-/// Messages of direct and group conversations.
+/// Messages of direct and group conversations, and who has read what.
 #[async_trait]
 pub trait MessageStore: Send + Sync {
-    /// Stores a message. With a `client_id` the insert is idempotent: a
-    /// second send with the same sender and client id returns the first
-    /// message unchanged.
-    async fn insert_message(&self, message: &NewMessage) -> Result<Message>;
+    /// Stores a message with the next `seq` of its conversation and, in the
+    /// same transaction, appends `message.created` to the event log of each
+    /// of `recipients` (so an acknowledged message is never without its
+    /// events). With a `client_id` the insert is idempotent: a second send
+    /// with the same sender and client id returns the first message
+    /// unchanged, `created: false` and no deliveries.
+    ///
+    /// The conversation's participants are remembered for
+    /// [`MessageStore::list_conversations`]; for a direct conversation both
+    /// users become participants on its first message.
+    async fn insert_message(
+        &self,
+        message: &NewMessage,
+        recipients: &[UserId],
+    ) -> Result<MessageInsert>;
 
     async fn get_message(&self, id: MessageId) -> Result<Option<Message>>;
 
-    /// A page of history, newest first, strictly older than `before`.
+    /// A page of history, newest first: messages with `seq < before` (all
+    /// if `None`) and `seq <= readable_until` (if given), at most `limit`.
     async fn list_messages(
         &self,
         conversation: Conversation,
-        before: Option<MessageId>,
+        before: Option<u64>,
+        readable_until: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Message>>;
 
-    /// Erases the body and leaves a tombstone. Returns the tombstone, or
-    /// `None` for an unknown id. Deleting twice keeps the first deletion.
-    async fn delete_message(&self, id: MessageId, now: OffsetDateTime) -> Result<Option<Message>>;
+    /// Erases the body and leaves a tombstone, appending `message.deleted`
+    /// to each of `recipients`' logs in the same transaction. Returns
+    /// `None` for an unknown id. Deleting twice keeps the first deletion
+    /// and delivers nothing the second time.
+    async fn delete_message(
+        &self,
+        id: MessageId,
+        now: OffsetDateTime,
+        recipients: &[UserId],
+    ) -> Result<Option<MessageDeletion>>;
+
+    /// Whether `user` may read `conversation`: a direct conversation's two
+    /// users may; a group's current members may read all of it, former
+    /// members up to the `seq` at which they left. `None`: no access.
+    async fn conversation_access(
+        &self,
+        user: UserId,
+        conversation: Conversation,
+    ) -> Result<Option<ConversationAccess>>;
+
+    /// Marks everything up to `seq` read for `user`. Never moves backwards.
+    async fn mark_read(&self, user: UserId, conversation: Conversation, seq: u64) -> Result<()>;
+
+    /// Every conversation `user` takes part in or took part in, newest
+    /// activity first, with the last readable message and unread count.
+    async fn list_conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>>;
+}
+
+/// Each user's log of events, for replay after a reconnect.
+#[async_trait]
+pub trait EventStore: Send + Sync {
+    /// Appends each event to its user's log with that user's next `seq`,
+    /// in one transaction, and returns the stored deliveries in order.
+    async fn append_events(
+        &self,
+        events: &[(UserId, Event)],
+        now: OffsetDateTime,
+    ) -> Result<Vec<Delivery>>;
+
+    /// The events of `user` after `since`, oldest first, at most `limit`.
+    /// If any event after `since` was pruned, or `since` is beyond the last
+    /// event, the answer is [`Replay::ResyncRequired`].
+    async fn events_since(&self, user: UserId, since: u64, limit: u32) -> Result<Replay>;
+
+    /// The `seq` of `user`'s newest event (0 if none ever).
+    async fn latest_event_seq(&self, user: UserId) -> Result<u64>;
+
+    /// Drops events created before `before`. Returns how many.
+    async fn prune_events(&self, before: OffsetDateTime) -> Result<u64>;
 }
 
 /// Groups and their current members.
@@ -137,7 +208,10 @@ pub trait GroupStore: Send + Sync {
         now: OffsetDateTime,
     ) -> Result<bool>;
 
-    /// Returns false if the user was not a member.
+    /// Returns false if the user was not a member. A former member keeps
+    /// read access to the messages sent before they left (see
+    /// [`MessageStore::conversation_access`]); adding them again restores
+    /// full access.
     async fn remove_group_member(&self, group: GroupId, user: UserId) -> Result<bool>;
 
     async fn group_member(&self, group: GroupId, user: UserId) -> Result<Option<GroupMember>>;
@@ -149,7 +223,9 @@ pub trait GroupStore: Send + Sync {
 
 /// Everything the server needs from persistence.
 #[async_trait]
-pub trait Store: UserStore + SessionStore + FriendStore + MessageStore + GroupStore {
+pub trait Store:
+    UserStore + SessionStore + FriendStore + MessageStore + GroupStore + EventStore
+{
     /// Succeeds when the database answers a query: the readiness probe.
     async fn ping(&self) -> Result<()>;
 }

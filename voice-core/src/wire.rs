@@ -5,9 +5,13 @@
 
 use serde::{Deserialize, Serialize};
 
+use time::OffsetDateTime;
+
 use crate::error::Error;
-use crate::ids::{MessageId, UserId};
-use crate::model::{Conversation, FriendStatus, Message};
+use crate::ids::{GroupId, MessageId, UserId};
+use crate::model::{
+    Conversation, ConversationSummary, FriendStatus, Group, GroupMember, GroupRole, Message, User,
+};
 
 /// The version of the event protocol this crate speaks.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -49,13 +53,27 @@ pub struct DevLoginRequest {
     pub username: String,
 }
 
-/// `GET /v1/me`.
+/// A user as other users see them. `GET /v1/me` answers with one too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Me {
+pub struct UserProfile {
     pub id: UserId,
     pub email: Option<String>,
     pub name: Option<String>,
     pub picture: Option<String>,
+}
+
+/// `GET /v1/me`.
+pub type Me = UserProfile;
+
+impl From<&User> for UserProfile {
+    fn from(user: &User) -> Self {
+        Self {
+            id: user.id,
+            email: user.email.clone(),
+            name: user.name.clone(),
+            picture: user.picture.clone(),
+        }
+    }
 }
 
 /// `GET /healthz` and `GET /readyz`.
@@ -64,13 +82,157 @@ pub struct Health {
     pub status: String,
 }
 
+/// `GET /v1/users?q=`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserSearchResponse {
+    pub users: Vec<UserProfile>,
+}
+
+/// Body naming one user: friend requests, blocks, group members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserRef {
+    pub user_id: UserId,
+}
+
+/// Whether someone is connected now, and when they last were.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    pub online: bool,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_seen_at: Option<OffsetDateTime>,
+}
+
+/// A relationship as the caller sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendView {
+    pub user: UserProfile,
+    pub status: FriendStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub since: OffsetDateTime,
+    pub presence: Presence,
+}
+
+/// `GET /v1/friends`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendsResponse {
+    pub friends: Vec<FriendView>,
+}
+
+/// `GET /v1/friends/requests`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendRequestsResponse {
+    pub incoming: Vec<FriendView>,
+    pub outgoing: Vec<FriendView>,
+}
+
+/// The answer to a friend request: the caller's status afterwards
+/// (`accepted` when the other had already asked).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FriendStatusResponse {
+    pub user_id: UserId,
+    pub status: FriendStatus,
+}
+
+/// `GET /v1/blocks`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlocksResponse {
+    pub blocked: Vec<UserId>,
+}
+
+/// Where a message goes: `{"user": id}` or `{"group": id}`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Recipient {
+    User(UserId),
+    Group(GroupId),
+}
+
+/// `POST /v1/messages`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SendMessageRequest {
+    pub to: Recipient,
+    pub body: String,
+    /// Makes the send idempotent: a retry with the same value returns the
+    /// same message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<String>,
+}
+
+/// `GET /v1/conversations/{id}/messages`: newest first.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessagesPage {
+    pub messages: Vec<Message>,
+    /// Pass as `before` for the next (older) page; absent at the start.
+    pub next_before: Option<u64>,
+}
+
+/// `GET /v1/conversations`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConversationsResponse {
+    pub conversations: Vec<ConversationSummary>,
+}
+
+/// `POST /v1/conversations/{id}/read`: everything up to and including
+/// this message is read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkReadRequest {
+    pub message_id: MessageId,
+}
+
+/// `POST /v1/groups`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CreateGroupRequest {
+    pub name: String,
+    #[serde(default)]
+    pub members: Vec<UserId>,
+}
+
+/// `PATCH /v1/groups/{id}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenameGroupRequest {
+    pub name: String,
+}
+
+/// `POST /v1/groups/{id}/members`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMemberRequest {
+    pub user_id: UserId,
+    /// `member` (default) or `admin`.
+    #[serde(default = "default_role")]
+    pub role: GroupRole,
+}
+
+fn default_role() -> GroupRole {
+    GroupRole::Member
+}
+
+/// A group with its current members.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupView {
+    pub group: Group,
+    pub members: Vec<GroupMember>,
+}
+
+/// `GET /v1/groups`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupsResponse {
+    pub groups: Vec<Group>,
+}
+
+/// `POST /v1/ws/ticket`: a single-use ticket for a browser's WebSocket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WsTicket {
+    pub ticket: String,
+    pub expires_in: u64,
+}
+
 /// An event sent from the server to a connected device.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerEvent {
     /// Protocol version, [`PROTOCOL_VERSION`].
     pub v: u32,
     /// Per-user sequence number, for replay after a reconnect. Absent on
-    /// events that are not stored (typing, errors).
+    /// events that are not stored (typing, presence, errors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seq: Option<u64>,
     #[serde(flatten)]
@@ -88,20 +250,83 @@ pub enum Event {
     MessageDeleted {
         conversation: Conversation,
         message_id: MessageId,
+        seq: u64,
     },
     #[serde(rename = "friend.request")]
-    FriendRequest { from: UserId },
+    FriendRequest { from: UserProfile },
     #[serde(rename = "friend.accepted")]
-    FriendAccepted { user_id: UserId },
+    FriendAccepted { user: UserProfile },
+    /// A friendship ended, or a request was declined or withdrawn.
     #[serde(rename = "friend.removed")]
     FriendRemoved { user_id: UserId },
-    #[serde(rename = "friend.status")]
-    FriendStatusChanged {
+    #[serde(rename = "group.updated")]
+    GroupUpdated { group: Group },
+    #[serde(rename = "group.member_added")]
+    GroupMemberAdded {
+        group_id: GroupId,
         user_id: UserId,
-        status: Option<FriendStatus>,
+        role: GroupRole,
     },
+    #[serde(rename = "group.member_removed")]
+    GroupMemberRemoved { group_id: GroupId, user_id: UserId },
+    #[serde(rename = "presence.changed")]
+    PresenceChanged { user_id: UserId, presence: Presence },
+    #[serde(rename = "typing")]
+    Typing {
+        conversation: Conversation,
+        user_id: UserId,
+    },
+    /// The events after the client's `since` are no longer kept: reload
+    /// state over REST, then continue from `seq`.
+    #[serde(rename = "resync_required")]
+    ResyncRequired { reason: String, latest_seq: u64 },
     #[serde(rename = "error")]
     Error { error: Error },
+}
+
+/// A stored event in one user's log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub user_id: UserId,
+    /// Per-user, strictly increasing, starting at 1.
+    pub seq: u64,
+    pub event: Event,
+    #[serde(with = "time::serde::rfc3339")]
+    pub created_at: OffsetDateTime,
+}
+
+impl Delivery {
+    pub fn to_server_event(&self) -> ServerEvent {
+        ServerEvent::new(Some(self.seq), self.event.clone())
+    }
+}
+
+/// What a reconnecting device gets from the store.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Replay {
+    /// The stored events after `since`, oldest first (at most the limit
+    /// asked for; ask again from the last one for more).
+    Events(Vec<Delivery>),
+    /// Some events after `since` were pruned, or `since` is ahead of the
+    /// log: the client must reload its state. `latest_seq` is where to
+    /// continue from afterwards.
+    ResyncRequired { latest_seq: u64 },
+}
+
+/// What a device sends over its WebSocket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// The user is typing in a conversation; relayed, never stored.
+    #[serde(rename = "typing")]
+    Typing { conversation: Conversation },
+}
+
+impl ClientMessage {
+    pub fn decode(text: &str) -> Result<Self, Error> {
+        serde_json::from_str(text).map_err(|e| Error::bad_request(format!("malformed message: {e}")))
+    }
 }
 
 impl ServerEvent {
@@ -146,6 +371,7 @@ mod tests {
         let message = Message {
             id: MessageId::new(),
             conversation: Conversation::direct(a, b),
+            seq: 1,
             sender: a,
             body: Some("hello".into()),
             client_id: None,
@@ -162,9 +388,23 @@ mod tests {
     #[test]
     fn unknown_versions_and_garbage_are_refused() {
         let from = UserId::new();
-        let text = format!(r#"{{"v":2,"type":"friend.request","from":"{from}"}}"#);
+        let text = format!(r#"{{"v":2,"type":"friend.removed","user_id":"{from}"}}"#);
         assert!(ServerEvent::decode(&text).is_err());
         assert!(ServerEvent::decode("{").is_err());
         assert!(ServerEvent::decode(r#"{"v":1,"type":"no.such"}"#).is_err());
+    }
+
+    #[test]
+    fn recipients_and_client_messages_have_their_documented_shape() {
+        let user = UserId::new();
+        let to: Recipient = serde_json::from_str(&format!(r#"{{"user":"{user}"}}"#)).unwrap();
+        assert_eq!(to, Recipient::User(user));
+        let conversation = Conversation::direct(user, UserId::new());
+        let typing = format!(r#"{{"type":"typing","conversation":"{conversation}"}}"#);
+        assert_eq!(
+            ClientMessage::decode(&typing).unwrap(),
+            ClientMessage::Typing { conversation }
+        );
+        assert!(ClientMessage::decode(r#"{"type":"nope"}"#).is_err());
     }
 }
