@@ -18,6 +18,7 @@ fn sample_event() -> ServerEvent {
             message: Message {
                 id: MessageId::new(),
                 conversation: Conversation::direct(a, b),
+                seq: 1_234,
                 sender: a,
                 body: Some("Are we still on for the call at six? I will bring the notes.".into()),
                 client_id: Some("c-123".into()),

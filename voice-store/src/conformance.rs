@@ -10,6 +10,7 @@
 //! Timestamps are whole milliseconds: the coarsest precision a backend may
 //! store, so values can be compared exactly after a round trip.
 
+use std::collections::HashMap;
 use std::fmt::Debug;
 
 use time::{Duration, OffsetDateTime};
@@ -18,20 +19,31 @@ use voice_core::ErrorCode;
 use voice_core::error::Result;
 use voice_core::ids::{GroupId, MessageId, SessionId, UserId};
 use voice_core::model::{
-    Conversation, FriendStatus, Group, GroupRole, Identity, Message, NewMessage, RefreshToken,
-    Session, SpendOutcome, User,
+    Conversation, ConversationAccess, ConversationSummary, FriendStatus, Group, GroupRole,
+    Identity, Message, MessageDeletion, MessageInsert, NewMessage, RefreshToken, Session,
+    SpendOutcome, User,
 };
 use voice_core::store::Store;
+use voice_core::wire::{Delivery, Event, Replay};
 
 /// Runs every check in this module.
 pub async fn run_all(store: &dyn Store) {
     ping(store).await;
     users(store).await;
+    last_seen(store).await;
+    search_users(store).await;
     sessions(store).await;
     refresh_tokens(store).await;
     friends(store).await;
+    blocks(store).await;
     messages(store).await;
+    message_seqs(store).await;
+    conversation_access(store).await;
+    read_state(store).await;
+    conversation_list(store).await;
     groups(store).await;
+    events(store).await;
+    event_pruning(store).await;
 }
 
 /// `ping` succeeds on a working store.
@@ -54,6 +66,7 @@ pub async fn users(store: &dyn Store) {
     assert_eq!(user.name, identity.name);
     assert_eq!(user.picture, identity.picture);
     assert_eq!(user.created_at, t0);
+    assert_eq!(user.last_seen_at, None);
     assert_eq!(store.get_user(user.id).await.unwrap(), Some(user.clone()));
     assert!(store.count_users().await.unwrap() > before);
 
@@ -91,6 +104,100 @@ pub async fn users(store: &dyn Store) {
     assert_ne!(other.id, user.id);
 
     assert_eq!(store.get_user(UserId::new()).await.unwrap(), None);
+}
+
+/// `set_last_seen` records when a user was last connected; signing in
+/// again keeps it.
+pub async fn last_seen(store: &dyn Store) {
+    let t0 = now();
+    let identity = identity();
+    let (user, _) = store.upsert_user(&identity, t0).await.unwrap();
+    assert_eq!(user.last_seen_at, None, "never connected yet");
+
+    let t1 = t0 + Duration::minutes(1);
+    store.set_last_seen(user.id, t1).await.unwrap();
+    assert_eq!(
+        store.get_user(user.id).await.unwrap().unwrap().last_seen_at,
+        Some(t1)
+    );
+    let t2 = t1 + Duration::minutes(1);
+    store.set_last_seen(user.id, t2).await.unwrap();
+    assert_eq!(
+        store.get_user(user.id).await.unwrap().unwrap().last_seen_at,
+        Some(t2)
+    );
+    let (again, created) = store
+        .upsert_user(&identity, t2 + Duration::minutes(1))
+        .await
+        .unwrap();
+    assert!(!created);
+    assert_eq!(again.last_seen_at, Some(t2), "signing in keeps it");
+}
+
+/// `search_users`: a case-insensitive prefix of the name or the email,
+/// ordered by name (ignoring case too), at most `limit`; `%`, `_` and `\`
+/// in the query are ordinary characters.
+pub async fn search_users(store: &dyn Store) {
+    // Every name here starts with a fresh tag, so other data cannot match.
+    let tag = || Uuid::now_v7().simple().to_string();
+    let search = |query: String, limit| async move {
+        store
+            .search_users(&query, limit)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|user| user.id)
+            .collect::<Vec<_>>()
+    };
+
+    // Case is ignored for matching and for the order.
+    let t = tag();
+    let upper = t.to_uppercase();
+    let alice = named_user(store, Some(&format!("{upper}Alice")), None).await;
+    let bob = named_user(store, Some(&format!("{t}bob")), None).await;
+    let carol = named_user(store, Some(&format!("{upper}Carol")), None).await;
+    let everyone = vec![alice, bob, carol];
+    assert_eq!(search(t.clone(), 10).await, everyone);
+    assert_eq!(search(upper.clone(), 10).await, everyone);
+    assert_eq!(search(format!("{t}B"), 10).await, vec![bob]);
+    assert_eq!(search(t.clone(), 2).await, everyone[..2]);
+    assert!(search(t.clone(), 0).await.is_empty());
+    assert!(search(tag(), 10).await.is_empty(), "nobody has this name");
+
+    // The email counts as well; the middle of a name does not.
+    let t = tag();
+    let dave = named_user(store, Some("Dave"), Some(&format!("{t}.Dave@Example.com"))).await;
+    named_user(store, Some(&format!("Eve {t}")), None).await;
+    assert_eq!(
+        search(format!("{}.dAVE@", t.to_uppercase()), 10).await,
+        vec![dave]
+    );
+    assert_eq!(search(t, 10).await, vec![dave]);
+
+    // LIKE's wildcards and its usual escape character match themselves.
+    let t = tag();
+    let percent = named_user(store, Some(&format!("{t}%p")), None).await;
+    let underscore = named_user(store, Some(&format!("{t}_u")), None).await;
+    let backslash = named_user(store, Some(&format!("{t}\\w")), None).await;
+    let plain = named_user(store, Some(&format!("{t}plain")), None).await;
+    assert_eq!(search(format!("{t}%"), 10).await, vec![percent]);
+    assert_eq!(search(format!("{t}_"), 10).await, vec![underscore]);
+    assert_eq!(search(format!("{t}\\"), 10).await, vec![backslash]);
+    let mut all = search(t, 10).await;
+    all.sort();
+    let mut expected = vec![percent, underscore, backslash, plain];
+    expected.sort();
+    assert_eq!(all, expected);
+
+    // Case is ignored beyond ASCII too.
+    let t = tag();
+    let elodie = named_user(store, Some(&format!("{t}Élodie")), None).await;
+    assert_eq!(search(format!("{t}élo"), 10).await, vec![elodie]);
+    assert_eq!(search(t.clone(), 10).await, vec![elodie]);
+    assert_eq!(
+        search(format!("{}ÉLODIE", t.to_uppercase()), 10).await,
+        vec![elodie]
+    );
 }
 
 /// Sessions are stored with their first token, read back, and revoked once.
@@ -463,7 +570,68 @@ pub async fn friends(store: &dyn Store) {
     );
 }
 
-/// Message history, idempotent sends and tombstones.
+/// `unblock_user` lifts only the caller's own block, and only a block.
+pub async fn blocks(store: &dyn Store) {
+    let t0 = now();
+    let [a, b, c] = [
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+    ];
+    assert!(
+        !store.unblock_user(a, b).await.unwrap(),
+        "there was no block to lift"
+    );
+
+    store.block_user(a, b, t0).await.unwrap();
+    assert!(
+        !store.unblock_user(b, a).await.unwrap(),
+        "the blocked user cannot lift the block"
+    );
+    assert_eq!(
+        store.friendship(a, b).await.unwrap(),
+        Some(FriendStatus::Blocked)
+    );
+    assert!(store.unblock_user(a, b).await.unwrap());
+    assert_eq!(store.friendship(a, b).await.unwrap(), None);
+    assert_eq!(store.friendship(b, a).await.unwrap(), None);
+    assert!(
+        !store.unblock_user(a, b).await.unwrap(),
+        "lifting twice reports false"
+    );
+    assert_eq!(
+        store.request_friend(b, a, t0).await.unwrap(),
+        FriendStatus::RequestSent,
+        "without the block they may ask again"
+    );
+
+    // A friendship is not a block: unblocking leaves it alone.
+    store.request_friend(a, c, t0).await.unwrap();
+    store.accept_friend(c, a, t0).await.unwrap();
+    assert!(!store.unblock_user(a, c).await.unwrap());
+    assert_eq!(
+        store.friendship(a, c).await.unwrap(),
+        Some(FriendStatus::Accepted)
+    );
+
+    // With blocks on both sides, each lifts only their own.
+    store.block_user(a, b, t0).await.unwrap();
+    store.block_user(b, a, t0).await.unwrap();
+    assert!(store.unblock_user(a, b).await.unwrap());
+    assert_eq!(store.friendship(a, b).await.unwrap(), None);
+    assert_eq!(
+        store.friendship(b, a).await.unwrap(),
+        Some(FriendStatus::Blocked)
+    );
+    assert_code(
+        store.request_friend(a, b, t0).await,
+        ErrorCode::Conflict,
+        "asking someone whose block still stands",
+    );
+}
+
+/// Storing, numbering, paging, idempotent sends and tombstones, with the
+/// events each insert and deletion appends.
 pub async fn messages(store: &dyn Store) {
     let t0 = now();
     let [a, b, c] = [
@@ -473,18 +641,40 @@ pub async fn messages(store: &dyn Store) {
     ];
     let direct = Conversation::direct(a, b);
     let elsewhere = Conversation::direct(a, c);
+    let mut logs = Logs::default();
 
     let mut sent: Vec<Message> = Vec::new();
     for i in 0..5 {
         let new = new_message(direct, if i % 2 == 0 { a } else { b }, t0 + millis(i));
-        let stored = store.insert_message(&new).await.unwrap();
-        assert_eq!(stored, expected(&new));
-        // Interleave another conversation, which must never show up.
-        store
-            .insert_message(&new_message(elsewhere, a, t0 + millis(i)))
+        let inserted = store.insert_message(&new, &[a, b]).await.unwrap();
+        assert!(inserted.created);
+        assert_eq!(inserted.message, expected(&new, i as u64 + 1));
+        logs.check(
+            store,
+            &inserted.deliveries,
+            &[a, b],
+            &Event::MessageCreated {
+                message: inserted.message.clone(),
+            },
+        )
+        .await;
+        // Another conversation numbers its messages by itself and never
+        // shows up in this one's history.
+        let other = store
+            .insert_message(&new_message(elsewhere, a, t0 + millis(i)), &[a, c])
             .await
             .unwrap();
-        sent.push(stored);
+        assert_eq!(other.message.seq, i as u64 + 1);
+        logs.check(
+            store,
+            &other.deliveries,
+            &[a, c],
+            &Event::MessageCreated {
+                message: other.message.clone(),
+            },
+        )
+        .await;
+        sent.push(inserted.message);
     }
     assert_eq!(
         store.get_message(sent[0].id).await.unwrap(),
@@ -492,86 +682,98 @@ pub async fn messages(store: &dyn Store) {
     );
     assert_eq!(store.get_message(MessageId::new()).await.unwrap(), None);
 
-    // Newest first, strictly older than the cursor, at most `limit`.
+    // Newest first, by seq: below `before`, at most `readable_until`, at
+    // most `limit`.
     let newest_first: Vec<Message> = sent.iter().rev().cloned().collect();
-    assert_eq!(
-        store.list_messages(direct, None, 10).await.unwrap(),
-        newest_first
-    );
-    assert_eq!(
-        store.list_messages(direct, None, 2).await.unwrap(),
-        newest_first[..2]
-    );
-    assert_eq!(
-        store
-            .list_messages(direct, Some(sent[2].id), 10)
-            .await
-            .unwrap(),
-        vec![sent[1].clone(), sent[0].clone()]
-    );
-    assert_eq!(
-        store
-            .list_messages(direct, Some(sent[4].id), 2)
-            .await
-            .unwrap(),
-        vec![sent[3].clone(), sent[2].clone()]
-    );
+    let page = |before, until, limit| store.list_messages(direct, before, until, limit);
+    assert_eq!(page(None, None, 10).await.unwrap(), newest_first);
+    assert_eq!(page(None, None, 2).await.unwrap(), newest_first[..2]);
+    assert_eq!(page(Some(3), None, 10).await.unwrap(), newest_first[3..]);
+    assert_eq!(page(Some(5), None, 2).await.unwrap(), newest_first[1..3]);
+    assert_eq!(page(Some(100), None, 10).await.unwrap(), newest_first);
+    assert!(page(Some(1), None, 10).await.unwrap().is_empty());
+    assert!(page(Some(0), None, 10).await.unwrap().is_empty());
+    assert_eq!(page(None, Some(3), 10).await.unwrap(), newest_first[2..]);
+    assert_eq!(page(None, Some(3), 1).await.unwrap(), newest_first[2..3]);
+    assert_eq!(page(Some(3), Some(4), 10).await.unwrap(), newest_first[3..]);
+    assert_eq!(page(Some(5), Some(2), 10).await.unwrap(), newest_first[3..]);
+    assert_eq!(page(None, Some(100), 10).await.unwrap(), newest_first);
+    assert!(page(None, Some(0), 10).await.unwrap().is_empty());
+    assert!(page(None, None, 0).await.unwrap().is_empty());
     assert!(
         store
-            .list_messages(direct, Some(sent[0].id), 10)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        store
-            .list_messages(direct, None, 0)
-            .await
-            .unwrap()
-            .is_empty()
-    );
-    assert!(
-        store
-            .list_messages(Conversation::direct(b, c), None, 10)
+            .list_messages(Conversation::direct(b, c), None, None, 10)
             .await
             .unwrap()
             .is_empty()
     );
 
-    // With a client id, a second send returns the first message unchanged.
+    // No recipients, no events.
+    let quiet = store
+        .insert_message(&new_message(direct, a, t0 + millis(9)), &[])
+        .await
+        .unwrap();
+    assert!(quiet.created);
+    assert_eq!(quiet.message.seq, 6);
+    assert!(quiet.deliveries.is_empty());
+
+    // With a client id, a second send returns the first message unchanged,
+    // delivers nothing and uses no seq.
     let client_id = format!("client-{}", Uuid::now_v7());
     let first = NewMessage {
         client_id: Some(client_id.clone()),
         ..new_message(direct, a, t0 + millis(10))
     };
-    let stored = store.insert_message(&first).await.unwrap();
-    assert_eq!(stored, expected(&first));
+    let inserted = store.insert_message(&first, &[a, b]).await.unwrap();
+    assert!(inserted.created);
+    assert_eq!(inserted.message, expected(&first, 7));
+    logs.check(
+        store,
+        &inserted.deliveries,
+        &[a, b],
+        &Event::MessageCreated {
+            message: inserted.message.clone(),
+        },
+    )
+    .await;
     let resend = NewMessage {
         client_id: Some(client_id.clone()),
         body: "a different body".to_owned(),
         ..new_message(direct, a, t0 + millis(11))
     };
-    assert_eq!(store.insert_message(&resend).await.unwrap(), stored);
+    let again = store.insert_message(&resend, &[a, b]).await.unwrap();
+    assert_eq!(
+        again,
+        MessageInsert {
+            message: inserted.message.clone(),
+            created: false,
+            deliveries: Vec::new(),
+        }
+    );
     assert_eq!(store.get_message(resend.id).await.unwrap(), None);
-    // Another sender may use the same client id.
+    logs.check_unchanged(store, &[a, b]).await;
+    // Another sender may use the same client id; it takes the next seq.
     let theirs = NewMessage {
         client_id: Some(client_id.clone()),
         ..new_message(direct, b, t0 + millis(12))
     };
-    assert_eq!(
-        store.insert_message(&theirs).await.unwrap(),
-        expected(&theirs)
-    );
+    let inserted = store.insert_message(&theirs, &[a, b]).await.unwrap();
+    assert!(inserted.created);
+    assert_eq!(inserted.message, expected(&theirs, 8));
+    logs.count(&inserted.deliveries);
     // Without a client id, identical bodies are separate messages.
     let plain = new_message(direct, a, t0 + millis(13));
     let twin = NewMessage {
         body: plain.body.clone(),
         ..new_message(direct, a, t0 + millis(13))
     };
-    store.insert_message(&plain).await.unwrap();
-    store.insert_message(&twin).await.unwrap();
-    assert!(store.get_message(twin.id).await.unwrap().is_some());
-    // Concurrent sends with one client id store one message.
+    let plain = store.insert_message(&plain, &[a, b]).await.unwrap();
+    let twin = store.insert_message(&twin, &[a, b]).await.unwrap();
+    assert_eq!((plain.message.seq, twin.message.seq), (9, 10));
+    logs.count(&plain.deliveries);
+    logs.count(&twin.deliveries);
+    // Concurrent sends with one client id store one message and deliver
+    // it once.
     let racing_id = format!("client-{}", Uuid::now_v7());
     let (x, y) = (
         NewMessage {
@@ -583,63 +785,530 @@ pub async fn messages(store: &dyn Store) {
             ..new_message(direct, a, t0 + millis(14))
         },
     );
-    let (from_x, from_y) = tokio::join!(store.insert_message(&x), store.insert_message(&y));
-    assert_eq!(from_x.unwrap(), from_y.unwrap());
+    let both = [a, b];
+    let (from_x, from_y) = tokio::join!(
+        store.insert_message(&x, &both),
+        store.insert_message(&y, &both)
+    );
+    let (from_x, from_y) = (from_x.unwrap(), from_y.unwrap());
+    assert_eq!(from_x.message, from_y.message);
+    assert_eq!(from_x.message.seq, 11);
+    assert!(from_x.created != from_y.created, "exactly one was created");
+    assert_eq!(from_x.deliveries.len() + from_y.deliveries.len(), 2);
+    logs.count(&from_x.deliveries);
+    logs.count(&from_y.deliveries);
+    logs.check_unchanged(store, &[a, b]).await;
 
-    // Deleting leaves a tombstone in place; the first deletion counts.
+    // Every message has its own seq, 1, 2, 3... without a gap.
+    let seqs: Vec<u64> = store
+        .list_messages(direct, None, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|message| message.seq)
+        .collect();
+    assert_eq!(seqs, (1..=11).rev().collect::<Vec<_>>());
+
+    // Deleting leaves a tombstone in place and tells the recipients; the
+    // first deletion counts and a second delivers nothing.
     let victim = &sent[1];
     let t1 = t0 + Duration::minutes(1);
-    let tombstone = store.delete_message(victim.id, t1).await.unwrap().unwrap();
-    assert_eq!(
-        tombstone,
-        Message {
-            body: None,
-            deleted_at: Some(t1),
-            ..victim.clone()
-        }
-    );
+    let deletion = store
+        .delete_message(victim.id, t1, &[a, b])
+        .await
+        .unwrap()
+        .unwrap();
+    let tombstone = Message {
+        body: None,
+        deleted_at: Some(t1),
+        ..victim.clone()
+    };
+    assert_eq!(deletion.message, tombstone);
+    logs.check(
+        store,
+        &deletion.deliveries,
+        &[a, b],
+        &Event::MessageDeleted {
+            conversation: direct,
+            message_id: victim.id,
+            seq: victim.seq,
+        },
+    )
+    .await;
+    assert!(deletion.deliveries.iter().all(|d| d.created_at == t1));
     assert_eq!(
         store
-            .delete_message(victim.id, t1 + Duration::minutes(1))
+            .delete_message(victim.id, t1 + Duration::minutes(1), &[a, b])
             .await
             .unwrap(),
-        Some(tombstone.clone())
+        Some(MessageDeletion {
+            message: tombstone.clone(),
+            deliveries: Vec::new(),
+        })
     );
+    logs.check_unchanged(store, &[a, b]).await;
     assert_eq!(
         store.get_message(victim.id).await.unwrap(),
         Some(tombstone.clone())
     );
     assert_eq!(
-        store
-            .list_messages(direct, Some(sent[2].id), 10)
-            .await
-            .unwrap(),
+        page(Some(3), None, 10).await.unwrap(),
         vec![tombstone, sent[0].clone()]
     );
     assert_eq!(
-        store.delete_message(MessageId::new(), t1).await.unwrap(),
+        store
+            .delete_message(MessageId::new(), t1, &[a, b])
+            .await
+            .unwrap(),
         None
     );
+    // A deletion frees no seq.
+    let after = store
+        .insert_message(&new_message(direct, b, t1), &[a, b])
+        .await
+        .unwrap();
+    assert_eq!(after.message.seq, 12);
 
-    // Group conversations page the same way.
+    // Group conversations number and page the same way.
     let group = new_group(a, t0);
     store.create_group(&group, &[b]).await.unwrap();
     let in_group = Conversation::Group(group.id);
     let first = store
-        .insert_message(&new_message(in_group, a, t0))
+        .insert_message(&new_message(in_group, a, t0), &[a, b])
         .await
-        .unwrap();
+        .unwrap()
+        .message;
     let second = store
-        .insert_message(&new_message(in_group, b, t0 + millis(1)))
+        .insert_message(&new_message(in_group, b, t0 + millis(1)), &[a, b])
         .await
-        .unwrap();
+        .unwrap()
+        .message;
+    assert_eq!((first.seq, second.seq), (1, 2));
     assert_eq!(
-        store.list_messages(in_group, None, 50).await.unwrap(),
+        store.list_messages(in_group, None, None, 50).await.unwrap(),
         vec![second, first]
     );
 }
 
-/// Groups: creation with roles, renaming, membership changes, listings.
+/// Concurrent sends into two conversations: each numbers its own messages
+/// 1, 2, 3... with no gap and no repeat, in commit order.
+pub async fn message_seqs(store: &dyn Store) {
+    let t0 = now();
+    let [a, b, c] = [
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+    ];
+    let one = Conversation::direct(a, b);
+    let two = Conversation::direct(b, c);
+    let send = |conversation: Conversation, sender: UserId, recipients: [UserId; 2]| async move {
+        let mut seqs = Vec::new();
+        for i in 0..10 {
+            let new = new_message(conversation, sender, t0 + millis(i));
+            let inserted = store.insert_message(&new, &recipients).await.unwrap();
+            seqs.push(inserted.message.seq);
+        }
+        seqs
+    };
+    let (s1, s2, s3, s4) = tokio::join!(
+        send(one, a, [a, b]),
+        send(one, b, [a, b]),
+        send(two, b, [b, c]),
+        send(two, c, [b, c]),
+    );
+    for (conversation, seqs) in [(one, [s1, s2]), (two, [s3, s4])] {
+        // Each sender's own sends were answered in order...
+        for seqs in &seqs {
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        }
+        // ...and together they are exactly 1..=20.
+        let mut all: Vec<u64> = seqs.concat();
+        all.sort_unstable();
+        assert_eq!(all, (1..=20).collect::<Vec<_>>(), "{conversation}");
+        let listed: Vec<u64> = store
+            .list_messages(conversation, None, None, 100)
+            .await
+            .unwrap()
+            .iter()
+            .map(|message| message.seq)
+            .collect();
+        assert_eq!(listed, (1..=20).rev().collect::<Vec<_>>());
+    }
+    // b received all 40, in one log, numbered 1..=40.
+    assert_eq!(store.latest_event_seq(b).await.unwrap(), 40);
+    assert_eq!(store.latest_event_seq(a).await.unwrap(), 20);
+}
+
+/// Who may read what: a direct conversation's two users; a group's
+/// current members all of it, its former members up to where they left.
+pub async fn conversation_access(store: &dyn Store) {
+    let t0 = now();
+    let [owner, stays, leaves, stranger] = [
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+    ];
+    let full = Some(ConversationAccess {
+        readable_until: None,
+    });
+    let until = |seq| {
+        Some(ConversationAccess {
+            readable_until: Some(seq),
+        })
+    };
+
+    // Direct: by the id alone, even before any message.
+    let direct = Conversation::direct(owner, stays);
+    for (user, access) in [(owner, full), (stays, full), (stranger, None)] {
+        assert_eq!(
+            store.conversation_access(user, direct).await.unwrap(),
+            access
+        );
+    }
+    let (x, y) = (UserId::new(), UserId::new());
+    assert_eq!(
+        store
+            .conversation_access(x, Conversation::direct(x, y))
+            .await
+            .unwrap(),
+        full
+    );
+
+    let group = new_group(owner, t0);
+    store.create_group(&group, &[stays, leaves]).await.unwrap();
+    let conversation = Conversation::Group(group.id);
+    for user in [owner, stays, leaves] {
+        assert_eq!(
+            store.conversation_access(user, conversation).await.unwrap(),
+            full
+        );
+    }
+    for i in 0..3 {
+        store
+            .insert_message(&new_message(conversation, owner, t0 + millis(i)), &[])
+            .await
+            .unwrap();
+    }
+    assert!(store.remove_group_member(group.id, leaves).await.unwrap());
+    for i in 3..5 {
+        store
+            .insert_message(&new_message(conversation, stays, t0 + millis(i)), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store
+            .conversation_access(leaves, conversation)
+            .await
+            .unwrap(),
+        until(3),
+        "a former member reads up to where they left"
+    );
+    assert_eq!(
+        store
+            .conversation_access(stays, conversation)
+            .await
+            .unwrap(),
+        full
+    );
+    assert_eq!(
+        store
+            .conversation_access(stranger, conversation)
+            .await
+            .unwrap(),
+        None,
+        "never a member"
+    );
+    assert_eq!(
+        store
+            .conversation_access(owner, Conversation::Group(GroupId::new()))
+            .await
+            .unwrap(),
+        None,
+        "no such group"
+    );
+    // What a former member's page holds.
+    let seqs = |messages: Vec<Message>| messages.iter().map(|m| m.seq).collect::<Vec<_>>();
+    assert_eq!(
+        seqs(
+            store
+                .list_messages(conversation, None, Some(3), 10)
+                .await
+                .unwrap()
+        ),
+        vec![3, 2, 1]
+    );
+
+    // Back in: full access again. Out again: the new point counts.
+    assert!(
+        store
+            .add_group_member(group.id, leaves, GroupRole::Member, t0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        store
+            .conversation_access(leaves, conversation)
+            .await
+            .unwrap(),
+        full
+    );
+    assert!(store.remove_group_member(group.id, leaves).await.unwrap());
+    assert_eq!(
+        store
+            .conversation_access(leaves, conversation)
+            .await
+            .unwrap(),
+        until(5)
+    );
+
+    // Leaving before any message leaves nothing to read.
+    let quiet = new_group(owner, t0);
+    store.create_group(&quiet, &[leaves]).await.unwrap();
+    assert!(store.remove_group_member(quiet.id, leaves).await.unwrap());
+    assert_eq!(
+        store
+            .conversation_access(leaves, Conversation::Group(quiet.id))
+            .await
+            .unwrap(),
+        until(0)
+    );
+}
+
+/// Read marks never move backwards; unread counts only others' live
+/// messages after the mark, within what the user may read.
+pub async fn read_state(store: &dyn Store) {
+    let t0 = now();
+    let [a, b, c] = [
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+    ];
+    let direct = Conversation::direct(a, b);
+    for (i, sender) in [a, a, a, b, b].into_iter().enumerate() {
+        store
+            .insert_message(&new_message(direct, sender, t0 + millis(i as i64)), &[a, b])
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_of(store, a, direct).await, (2, 0));
+    assert_eq!(read_of(store, b, direct).await, (3, 0));
+
+    store.mark_read(a, direct, 4).await.unwrap();
+    assert_eq!(read_of(store, a, direct).await, (1, 4));
+    store.mark_read(a, direct, 2).await.unwrap();
+    assert_eq!(
+        read_of(store, a, direct).await,
+        (1, 4),
+        "a read mark never moves backwards"
+    );
+    assert_eq!(
+        read_of(store, b, direct).await,
+        (3, 0),
+        "each user has their own mark"
+    );
+    store.mark_read(a, direct, 5).await.unwrap();
+    assert_eq!(read_of(store, a, direct).await, (0, 5));
+
+    // Deleted messages are not unread.
+    let t1 = t0 + Duration::seconds(1);
+    let gone = store
+        .insert_message(&new_message(direct, b, t1), &[a, b])
+        .await
+        .unwrap()
+        .message;
+    store
+        .insert_message(&new_message(direct, b, t1 + millis(1)), &[a, b])
+        .await
+        .unwrap();
+    assert_eq!(read_of(store, a, direct).await, (2, 5));
+    store.delete_message(gone.id, t1, &[a, b]).await.unwrap();
+    assert_eq!(read_of(store, a, direct).await, (1, 5));
+
+    // In a group, a former member's unread stops where they left.
+    let group = new_group(a, t0);
+    store.create_group(&group, &[b, c]).await.unwrap();
+    let conversation = Conversation::Group(group.id);
+    for i in 0..3 {
+        store
+            .insert_message(&new_message(conversation, a, t1 + millis(i)), &[])
+            .await
+            .unwrap();
+    }
+    store.mark_read(c, conversation, 1).await.unwrap();
+    assert!(store.remove_group_member(group.id, c).await.unwrap());
+    for i in 3..6 {
+        store
+            .insert_message(&new_message(conversation, b, t1 + millis(i)), &[])
+            .await
+            .unwrap();
+    }
+    assert_eq!(read_of(store, c, conversation).await, (2, 1));
+    assert_eq!(read_of(store, b, conversation).await, (3, 0));
+    assert_eq!(read_of(store, a, conversation).await, (3, 0));
+    store.mark_read(b, conversation, 6).await.unwrap();
+    assert_eq!(read_of(store, b, conversation).await, (0, 6));
+}
+
+/// `list_conversations`: every conversation the user takes or took part
+/// in, newest activity first, with what they may read of it.
+pub async fn conversation_list(store: &dyn Store) {
+    let t0 = now();
+    let [user, p, q, r, other] = [
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+    ];
+    assert!(store.list_conversations(user).await.unwrap().is_empty());
+
+    // A group the user left: only what they could read counts, even for
+    // the order.
+    let left = new_group(other, t0);
+    store.create_group(&left, &[user]).await.unwrap();
+    let left_conversation = Conversation::Group(left.id);
+    let last_seen_there = store
+        .insert_message(
+            &new_message(left_conversation, other, t0 + millis(500)),
+            &[],
+        )
+        .await
+        .unwrap()
+        .message;
+    assert!(store.remove_group_member(left.id, user).await.unwrap());
+    store
+        .insert_message(
+            &new_message(left_conversation, other, t0 + Duration::seconds(10)),
+            &[],
+        )
+        .await
+        .unwrap();
+
+    let with_p = Conversation::direct(user, p);
+    let to_p = store
+        .insert_message(
+            &new_message(with_p, user, t0 + Duration::seconds(1)),
+            &[user, p],
+        )
+        .await
+        .unwrap()
+        .message;
+    // A group with no message yet is listed from its membership.
+    let quiet = new_group(other, t0 + Duration::seconds(2));
+    store.create_group(&quiet, &[user]).await.unwrap();
+    let with_q = Conversation::direct(q, user);
+    let from_q = store
+        .insert_message(
+            &new_message(with_q, q, t0 + Duration::seconds(3)),
+            &[user, q],
+        )
+        .await
+        .unwrap()
+        .message;
+    // Not listed: a direct conversation without a message (marking it read
+    // does not make one), and a group the user never joined.
+    store
+        .mark_read(user, Conversation::direct(user, r), 1)
+        .await
+        .unwrap();
+    let elsewhere = new_group(other, t0 + Duration::seconds(4));
+    store.create_group(&elsewhere, &[p]).await.unwrap();
+
+    let listed = store.list_conversations(user).await.unwrap();
+    assert_eq!(
+        listed,
+        vec![
+            ConversationSummary {
+                conversation: with_q,
+                last_message: Some(from_q.clone()),
+                unread: 1,
+                last_read_seq: 0,
+                active: true,
+            },
+            ConversationSummary {
+                conversation: Conversation::Group(quiet.id),
+                last_message: None,
+                unread: 0,
+                last_read_seq: 0,
+                active: true,
+            },
+            ConversationSummary {
+                conversation: with_p,
+                last_message: Some(to_p.clone()),
+                unread: 0,
+                last_read_seq: 0,
+                active: true,
+            },
+            ConversationSummary {
+                conversation: left_conversation,
+                last_message: Some(last_seen_there),
+                unread: 1,
+                last_read_seq: 0,
+                active: false,
+            },
+        ]
+    );
+
+    // New activity moves a conversation up; the other side lists it too.
+    let reply = store
+        .insert_message(
+            &new_message(with_p, p, t0 + Duration::seconds(5)),
+            &[user, p],
+        )
+        .await
+        .unwrap()
+        .message;
+    store.mark_read(user, with_p, reply.seq).await.unwrap();
+    let listed = store.list_conversations(user).await.unwrap();
+    assert_eq!(listed[0].conversation, with_p);
+    assert_eq!(listed[0].last_message, Some(reply));
+    assert_eq!((listed[0].unread, listed[0].last_read_seq), (0, 2));
+    // (p is also in the group the user never joined, which is newer.)
+    let of_p: Vec<_> = store
+        .list_conversations(p)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|summary| (summary.conversation, summary.unread))
+        .collect();
+    assert_eq!(
+        of_p,
+        vec![(with_p, 1), (Conversation::Group(elsewhere.id), 0)]
+    );
+
+    // The last readable message may be a tombstone.
+    let deletion = store
+        .delete_message(from_q.id, t0 + Duration::seconds(6), &[])
+        .await
+        .unwrap()
+        .unwrap();
+    let listed = store.list_conversations(user).await.unwrap();
+    let summary = listed
+        .iter()
+        .find(|summary| summary.conversation == with_q)
+        .unwrap();
+    assert_eq!(summary.last_message, Some(deletion.message));
+    assert_eq!(summary.unread, 0, "a deleted message is not unread");
+
+    // Back in the group: active again, and its newer messages readable.
+    assert!(
+        store
+            .add_group_member(left.id, user, GroupRole::Member, t0)
+            .await
+            .unwrap()
+    );
+    let listed = store.list_conversations(user).await.unwrap();
+    let summary = &listed[0];
+    assert_eq!(summary.conversation, left_conversation);
+    assert!(summary.active);
+    assert_eq!(summary.unread, 2);
+    assert_eq!(summary.last_message.as_ref().map(|m| m.seq), Some(2));
+}
+
+/// Groups: creation with roles, renaming, membership changes, listings,
+/// and former members who come back.
 pub async fn groups(store: &dyn Store) {
     let t0 = now();
     let [owner, m1, m2, newcomer, loner] = [
@@ -715,8 +1384,21 @@ pub async fn groups(store: &dyn Store) {
 
     assert!(store.remove_group_member(group.id, m2).await.unwrap());
     assert!(!store.remove_group_member(group.id, m2).await.unwrap());
+    assert!(
+        !store.remove_group_member(group.id, loner).await.unwrap(),
+        "removing someone who never was a member"
+    );
     assert_eq!(store.group_member(group.id, m2).await.unwrap(), None);
     assert_eq!(store.list_group_members(group.id).await.unwrap().len(), 3);
+    assert!(
+        store
+            .list_group_members(group.id)
+            .await
+            .unwrap()
+            .iter()
+            .all(|member| member.user_id != m2),
+        "a former member is not listed"
+    );
 
     let later = new_group(m2, t1);
     store.create_group(&later, &[m1]).await.unwrap();
@@ -732,6 +1414,190 @@ pub async fn groups(store: &dyn Store) {
         "a removed member no longer lists the group"
     );
     assert!(store.list_user_groups(loner).await.unwrap().is_empty());
+
+    // A former member added again is a member again, as added now.
+    let t2 = t1 + Duration::minutes(1);
+    assert!(
+        store
+            .add_group_member(group.id, m2, GroupRole::Admin, t2)
+            .await
+            .unwrap(),
+        "adding a former member reports true"
+    );
+    let back = store.group_member(group.id, m2).await.unwrap().unwrap();
+    assert_eq!(
+        (back.user_id, back.role, back.joined_at),
+        (m2, GroupRole::Admin, t2)
+    );
+    assert_eq!(store.list_group_members(group.id).await.unwrap().len(), 4);
+    let mut of_m2 = ids(store.list_user_groups(m2).await.unwrap());
+    of_m2.sort();
+    assert_eq!(of_m2, both);
+}
+
+/// The per-user event log: numbering from 1 per user, replay in order
+/// and in pages, and when a replay is impossible.
+pub async fn events(store: &dyn Store) {
+    let t0 = now();
+    let [a, b] = [new_user(store).await.id, new_user(store).await.id];
+    assert_eq!(store.latest_event_seq(a).await.unwrap(), 0);
+    assert_eq!(
+        store.latest_event_seq(UserId::new()).await.unwrap(),
+        0,
+        "a user never seen has no events"
+    );
+    assert_eq!(
+        store.events_since(a, 0, 10).await.unwrap(),
+        Replay::Events(vec![])
+    );
+    assert_eq!(
+        store.events_since(a, 1, 10).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 0 },
+        "a client ahead of the log must resync"
+    );
+    assert!(store.append_events(&[], t0).await.unwrap().is_empty());
+
+    // Each user counts for themselves; the answer keeps the input order.
+    let (e1, e2, e3) = (event(), event(), event());
+    let first = store
+        .append_events(&[(a, e1.clone()), (b, e2.clone()), (a, e3.clone())], t0)
+        .await
+        .unwrap();
+    assert_eq!(
+        first,
+        vec![
+            delivery(a, 1, e1, t0),
+            delivery(b, 1, e2, t0),
+            delivery(a, 2, e3, t0),
+        ]
+    );
+    let t1 = t0 + millis(1);
+    let more: Vec<(UserId, Event)> = (0..3).map(|_| (a, event())).collect();
+    let second = store.append_events(&more, t1).await.unwrap();
+    assert_eq!(
+        second.iter().map(|d| d.seq).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert_eq!(store.latest_event_seq(a).await.unwrap(), 5);
+    assert_eq!(store.latest_event_seq(b).await.unwrap(), 1);
+
+    // Oldest first, after `since`, at most `limit`.
+    let log_of_a: Vec<Delivery> = first
+        .iter()
+        .filter(|d| d.user_id == a)
+        .chain(&second)
+        .cloned()
+        .collect();
+    let replay = |since, limit| store.events_since(a, since, limit);
+    assert_eq!(
+        replay(0, 100).await.unwrap(),
+        Replay::Events(log_of_a.clone())
+    );
+    assert_eq!(
+        replay(0, 2).await.unwrap(),
+        Replay::Events(log_of_a[..2].to_vec())
+    );
+    assert_eq!(
+        replay(2, 2).await.unwrap(),
+        Replay::Events(log_of_a[2..4].to_vec())
+    );
+    assert_eq!(
+        replay(4, 100).await.unwrap(),
+        Replay::Events(log_of_a[4..].to_vec())
+    );
+    assert_eq!(replay(5, 100).await.unwrap(), Replay::Events(vec![]));
+    assert_eq!(replay(0, 0).await.unwrap(), Replay::Events(vec![]));
+    assert_eq!(
+        replay(6, 100).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 5 }
+    );
+    assert_eq!(
+        store.events_since(b, 0, 100).await.unwrap(),
+        Replay::Events(vec![first[1].clone()])
+    );
+
+    // Concurrent appends to one user never share a seq.
+    let (two, one) = ([(b, event()), (b, event())], [(b, event())]);
+    let (x, y) = tokio::join!(store.append_events(&two, t1), store.append_events(&one, t1));
+    let mut seqs: Vec<u64> = x
+        .unwrap()
+        .iter()
+        .chain(&y.unwrap())
+        .map(|d| d.seq)
+        .collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, vec![2, 3, 4]);
+}
+
+/// Pruning drops old events, keeps the numbering going, and makes a replay
+/// that would miss a pruned event a resync.
+///
+/// Pruning is global, so this check dates its events in 2001: it never
+/// prunes what other checks (dated now) wrote. Two runs sharing a database
+/// may prune each other's 2001 events; run it alone.
+pub async fn event_pruning(store: &dyn Store) {
+    let base = OffsetDateTime::from_unix_timestamp(978_307_200).expect("2001 is representable");
+    let hour = Duration::hours(1);
+    let [u, v] = [new_user(store).await.id, new_user(store).await.id];
+    let old: Vec<(UserId, Event)> = (0..3).map(|_| (u, event())).collect();
+    store.append_events(&old, base).await.unwrap();
+    let newer = store
+        .append_events(&[(u, event()), (u, event()), (v, event())], base + hour)
+        .await
+        .unwrap();
+
+    let removed = store.prune_events(base + hour / 2).await.unwrap();
+    assert!(removed >= 3, "pruned {removed}");
+    let replay = |user, since| store.events_since(user, since, 100);
+    assert_eq!(
+        replay(u, 0).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 5 }
+    );
+    assert_eq!(
+        replay(u, 2).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 5 }
+    );
+    assert_eq!(
+        replay(u, 3).await.unwrap(),
+        Replay::Events(newer[..2].to_vec()),
+        "a client that had everything pruned replays the rest"
+    );
+    assert_eq!(replay(u, 5).await.unwrap(), Replay::Events(vec![]));
+    assert_eq!(
+        replay(u, 6).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 5 }
+    );
+    assert_eq!(
+        replay(v, 0).await.unwrap(),
+        Replay::Events(newer[2..].to_vec()),
+        "newer events stay"
+    );
+    assert_eq!(store.latest_event_seq(u).await.unwrap(), 5);
+
+    // Pruning everything keeps the numbering.
+    let sixth = store
+        .append_events(&[(u, event())], base + hour)
+        .await
+        .unwrap();
+    assert_eq!(sixth[0].seq, 6);
+    let removed = store.prune_events(base + hour * 2).await.unwrap();
+    assert!(removed >= 4, "pruned {removed}");
+    assert_eq!(store.latest_event_seq(u).await.unwrap(), 6);
+    assert_eq!(replay(u, 6).await.unwrap(), Replay::Events(vec![]));
+    assert_eq!(
+        replay(u, 5).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 6 }
+    );
+    assert_eq!(
+        replay(v, 0).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 1 }
+    );
+    let next = store
+        .append_events(&[(v, event())], base + hour)
+        .await
+        .unwrap();
+    assert_eq!(next[0].seq, 2);
+    assert_eq!(replay(v, 1).await.unwrap(), Replay::Events(next));
 }
 
 /// The current time at millisecond precision.
@@ -805,10 +1671,11 @@ fn new_message(conversation: Conversation, sender: UserId, at: OffsetDateTime) -
     }
 }
 
-fn expected(new: &NewMessage) -> Message {
+fn expected(new: &NewMessage, seq: u64) -> Message {
     Message {
         id: new.id,
         conversation: new.conversation,
+        seq,
         sender: new.sender,
         body: Some(new.body.clone()),
         client_id: new.client_id.clone(),
@@ -824,6 +1691,95 @@ fn new_group(owner: UserId, at: OffsetDateTime) -> Group {
         name: format!("group {id}"),
         owner,
         created_at: at,
+    }
+}
+
+/// A fresh user with the given name and email (`None`: none).
+async fn named_user(store: &dyn Store, name: Option<&str>, email: Option<&str>) -> UserId {
+    let identity = Identity {
+        name: name.map(str::to_owned),
+        email: email.map(str::to_owned),
+        ..identity()
+    };
+    let (user, created) = store.upsert_user(&identity, now()).await.unwrap();
+    assert!(created);
+    user.id
+}
+
+/// A distinct event, for log checks.
+fn event() -> Event {
+    Event::FriendRemoved {
+        user_id: UserId::new(),
+    }
+}
+
+fn delivery(user_id: UserId, seq: u64, event: Event, created_at: OffsetDateTime) -> Delivery {
+    Delivery {
+        user_id,
+        seq,
+        event,
+        created_at,
+    }
+}
+
+/// `user`'s (unread, last_read_seq) in `conversation`, from their list.
+async fn read_of(store: &dyn Store, user: UserId, conversation: Conversation) -> (u64, u64) {
+    let listed = store.list_conversations(user).await.unwrap();
+    let summary = listed
+        .iter()
+        .find(|summary| summary.conversation == conversation)
+        .unwrap_or_else(|| panic!("{conversation} is not in {user}'s list: {listed:?}"));
+    (summary.unread, summary.last_read_seq)
+}
+
+/// How far each user's event log should have got, for checking that
+/// message writes append exactly the events they report.
+#[derive(Default)]
+struct Logs(HashMap<UserId, u64>);
+
+impl Logs {
+    /// `deliveries` carry `event` to `users`, in that order, each with its
+    /// user's next seq, and the logs hold exactly them.
+    async fn check(
+        &mut self,
+        store: &dyn Store,
+        deliveries: &[Delivery],
+        users: &[UserId],
+        event: &Event,
+    ) {
+        assert_eq!(deliveries.len(), users.len(), "{deliveries:?}");
+        for (delivery, user) in deliveries.iter().zip(users) {
+            let seq = self.0.entry(*user).or_default();
+            *seq += 1;
+            assert_eq!(
+                (delivery.user_id, delivery.seq, &delivery.event),
+                (*user, *seq, event)
+            );
+            assert_eq!(
+                store.events_since(*user, *seq - 1, 10).await.unwrap(),
+                Replay::Events(vec![delivery.clone()]),
+                "the log holds the delivery, and nothing after it"
+            );
+        }
+    }
+
+    /// Counts deliveries that `check` does not look into.
+    fn count(&mut self, deliveries: &[Delivery]) {
+        for delivery in deliveries {
+            let seq = self.0.entry(delivery.user_id).or_default();
+            *seq += 1;
+            assert_eq!(delivery.seq, *seq, "{delivery:?}");
+        }
+    }
+
+    /// Nothing was appended to `users`' logs since last counted.
+    async fn check_unchanged(&self, store: &dyn Store, users: &[UserId]) {
+        for user in users {
+            assert_eq!(
+                store.latest_event_seq(*user).await.unwrap(),
+                self.0.get(user).copied().unwrap_or(0)
+            );
+        }
     }
 }
 

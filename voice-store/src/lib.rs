@@ -27,6 +27,18 @@
 //! only then answers every caller. Under load one disk sync covers many
 //! writes; alone, a write costs one transaction as usual.
 //!
+//! # Messages and their events
+//!
+//! A message's `seq` is chosen inside the write transaction (its
+//! conversation's highest plus one), and the events announcing a message
+//! or its deletion are appended to the recipients' logs in that same
+//! transaction: an acknowledged message is never without its events, nor
+//! an event without its message. Each user's log numbers its events 1, 2,
+//! 3... The user's row keeps the newest seq and the highest pruned one, so
+//! pruning never restarts the numbering and `events_since` can tell a
+//! client that events it has not seen are gone. Deleting a message also
+//! replaces it by its tombstone in the logged `message.created` events.
+//!
 //! # Durability
 //!
 //! A write is acknowledged only after the transaction that holds it has

@@ -13,10 +13,14 @@ use voice_core::Error;
 use voice_core::error::Result;
 use voice_core::ids::{GroupId, MessageId, SessionId, UserId};
 use voice_core::model::{
-    Conversation, Friend, FriendStatus, Group, GroupMember, GroupRole, Identity, Message,
-    NewMessage, RefreshToken, Session, SpendOutcome, User,
+    Conversation, ConversationAccess, ConversationSummary, Friend, FriendStatus, Group,
+    GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert, NewMessage,
+    RefreshToken, Session, SpendOutcome, User,
 };
-use voice_core::store::{FriendStore, GroupStore, MessageStore, SessionStore, Store, UserStore};
+use voice_core::store::{
+    EventStore, FriendStore, GroupStore, MessageStore, SessionStore, Store, UserStore,
+};
+use voice_core::wire::{Delivery, Event, Replay};
 
 use crate::error::DbResult;
 use crate::store::SqliteStore;
@@ -63,6 +67,25 @@ fn opt_time_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<OffsetDat
     }
 }
 
+/// A `seq` bound as SQLite stores it. No stored seq exceeds `i64::MAX`, so
+/// a larger bound means the same as `i64::MAX`: no bound.
+fn sql_seq(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+fn seq_at(row: &Row<'_>, index: usize) -> rusqlite::Result<u64> {
+    let value: i64 = row.get(index)?;
+    u64::try_from(value)
+        .map_err(|_| conversion_error(index, Type::Integer, format!("negative seq {value}")))
+}
+
+fn opt_seq_at(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<u64>> {
+    match row.get::<_, Option<i64>>(index)? {
+        None => Ok(None),
+        Some(_) => seq_at(row, index).map(Some),
+    }
+}
+
 /// Parses a TEXT column into an id, status, role or conversation.
 fn parse_at<T>(row: &Row<'_>, index: usize) -> rusqlite::Result<T>
 where
@@ -74,7 +97,7 @@ where
         .map_err(|error: T::Err| conversion_error(index, Type::Text, error))
 }
 
-const USER_COLUMNS: &str = "id, issuer, subject, email, name, picture, created_at";
+const USER_COLUMNS: &str = "id, issuer, subject, email, name, picture, created_at, last_seen_at";
 
 fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
     Ok(User {
@@ -85,7 +108,15 @@ fn user_row(row: &Row<'_>) -> rusqlite::Result<User> {
         name: row.get(4)?,
         picture: row.get(5)?,
         created_at: time_at(row, 6)?,
+        last_seen_at: opt_time_at(row, 7)?,
     })
+}
+
+/// The stored search key of a name or email: lower-cased character by
+/// character (not with `str::to_lowercase`, whose final-sigma rule would
+/// make the key of a prefix differ from the prefix of the key).
+fn search_key(text: &str) -> String {
+    text.chars().flat_map(char::to_lowercase).collect()
 }
 
 const SESSION_COLUMNS: &str = "id, user_id, created_at, revoked_at";
@@ -127,18 +158,117 @@ fn insert_token(conn: &Connection, token: &RefreshToken) -> DbResult<()> {
     Ok(())
 }
 
-const MESSAGE_COLUMNS: &str = "id, conversation, sender, body, client_id, created_at, deleted_at";
+const MESSAGE_COLUMNS: &str =
+    "id, conversation, seq, sender, body, client_id, created_at, deleted_at";
 
 fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
     Ok(Message {
         id: parse_at(row, 0)?,
         conversation: parse_at(row, 1)?,
-        sender: parse_at(row, 2)?,
-        body: row.get(3)?,
-        client_id: row.get(4)?,
-        created_at: time_at(row, 5)?,
-        deleted_at: opt_time_at(row, 6)?,
+        seq: seq_at(row, 2)?,
+        sender: parse_at(row, 3)?,
+        body: row.get(4)?,
+        client_id: row.get(5)?,
+        created_at: time_at(row, 6)?,
+        deleted_at: opt_time_at(row, 7)?,
     })
+}
+
+/// The newest messages of `conversation` with `seq <= newest`, newest
+/// first: one range scan of the (conversation, seq) index.
+fn messages_up_to(
+    conn: &Connection,
+    conversation: &str,
+    newest: u64,
+    limit: u32,
+) -> DbResult<Vec<Message>> {
+    Ok(conn
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1 AND seq <= ?2
+             ORDER BY seq DESC LIMIT ?3"
+        ))?
+        .query_map(
+            params![conversation, sql_seq(newest), i64::from(limit)],
+            message_row,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
+}
+
+/// The seq of the newest message of `conversation`, 0 if it has none.
+fn last_seq(conn: &Connection, conversation: &str) -> DbResult<i64> {
+    Ok(conn
+        .prepare_cached("SELECT coalesce(max(seq), 0) FROM messages WHERE conversation = ?1")?
+        .query_row([conversation], |row| row.get(0))?)
+}
+
+/// Each user once, in the order first given: a recipient listed twice
+/// still gets one event.
+fn distinct(users: &[UserId]) -> Vec<UserId> {
+    let mut seen = std::collections::HashSet::new();
+    users
+        .iter()
+        .copied()
+        .filter(|user| seen.insert(*user))
+        .collect()
+}
+
+fn event_json(event: &Event) -> DbResult<String> {
+    serde_json::to_string(event).map_err(|error| {
+        tracing::error!(%error, "an event does not serialize");
+        Error::internal().into()
+    })
+}
+
+/// Appends `event` (whose JSON is `json`) to `user`'s log with their next
+/// seq. The seq comes from the user's row, which pruning never touches, so
+/// numbering goes on where it was; an unknown user is not found.
+fn append_event(
+    conn: &Connection,
+    user: UserId,
+    event: &Event,
+    json: &str,
+    now: OffsetDateTime,
+) -> DbResult<Delivery> {
+    let seq: i64 = conn
+        .prepare_cached(
+            "UPDATE users SET last_event_seq = last_event_seq + 1 WHERE id = ?1
+             RETURNING last_event_seq",
+        )?
+        .query_row([user.to_string()], |row| row.get(0))
+        .optional()?
+        .ok_or_else(|| Error::not_found("no such user"))?;
+    let message_id = match event {
+        Event::MessageCreated { message } => Some(message.id.to_string()),
+        _ => None,
+    };
+    conn.prepare_cached(
+        "INSERT INTO events (user_id, seq, event, created_at, message_id)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![user.to_string(), seq, json, ms(now), message_id])?;
+    Ok(Delivery {
+        user_id: user,
+        seq: seq as u64,
+        event: event.clone(),
+        created_at: stored(now),
+    })
+}
+
+/// Appends one event to each of `users`' logs.
+fn deliver(
+    conn: &Connection,
+    users: &[UserId],
+    event: &Event,
+    now: OffsetDateTime,
+) -> DbResult<Vec<Delivery>> {
+    if users.is_empty() {
+        return Ok(Vec::new());
+    }
+    let json = event_json(event)?;
+    users
+        .iter()
+        .map(|user| append_event(conn, *user, event, &json, now))
+        .collect()
 }
 
 fn get_message(conn: &Connection, id: MessageId) -> DbResult<Option<Message>> {
@@ -169,7 +299,9 @@ fn member_row(row: &Row<'_>) -> rusqlite::Result<GroupMember> {
     })
 }
 
-/// Adds a member unless already there; returns whether it was added.
+/// Adds a member unless they are one now; returns whether they were added.
+/// A former member becomes current again, with the new role and date, and
+/// keeps how far they had read.
 fn insert_member(
     conn: &Connection,
     group: GroupId,
@@ -180,7 +312,9 @@ fn insert_member(
     let added = conn
         .prepare_cached(
             "INSERT INTO group_members (group_id, user_id, role, joined_at) VALUES (?1, ?2, ?3, ?4)
-             ON CONFLICT (group_id, user_id) DO NOTHING",
+             ON CONFLICT (group_id, user_id) DO UPDATE
+             SET role = excluded.role, joined_at = excluded.joined_at, left_seq = NULL
+             WHERE left_seq IS NOT NULL",
         )?
         .execute(params![
             group.to_string(),
@@ -233,32 +367,45 @@ impl UserStore for SqliteStore {
     async fn upsert_user(&self, identity: &Identity, now: OffsetDateTime) -> Result<(User, bool)> {
         let identity = identity.clone();
         self.write(move |conn| {
+            let name_key = identity.name.as_deref().map(search_key);
+            let email_key = identity.email.as_deref().map(search_key);
             let existing = conn
                 .prepare_cached(
-                    "SELECT id, created_at FROM users WHERE issuer = ?1 AND subject = ?2",
+                    "SELECT id, created_at, last_seen_at FROM users
+                     WHERE issuer = ?1 AND subject = ?2",
                 )?
                 .query_row([&identity.issuer, &identity.subject], |row| {
-                    Ok((parse_at::<UserId>(row, 0)?, time_at(row, 1)?))
+                    Ok((
+                        parse_at::<UserId>(row, 0)?,
+                        time_at(row, 1)?,
+                        opt_time_at(row, 2)?,
+                    ))
                 })
                 .optional()?;
-            let (id, created_at, created) = match existing {
-                Some((id, created_at)) => {
+            let (id, created_at, last_seen_at, created) = match existing {
+                Some((id, created_at, last_seen_at)) => {
                     conn.prepare_cached(
-                        "UPDATE users SET email = ?2, name = ?3, picture = ?4 WHERE id = ?1",
+                        "UPDATE users SET email = ?2, name = ?3, picture = ?4,
+                                          email_key = ?5, name_key = ?6
+                         WHERE id = ?1",
                     )?
                     .execute(params![
                         id.to_string(),
                         identity.email,
                         identity.name,
-                        identity.picture
+                        identity.picture,
+                        email_key,
+                        name_key,
                     ])?;
-                    (id, created_at, false)
+                    (id, created_at, last_seen_at, false)
                 }
                 None => {
                     let id = UserId::new();
-                    conn.prepare_cached(&format!(
-                        "INSERT INTO users ({USER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-                    ))?
+                    conn.prepare_cached(
+                        "INSERT INTO users (id, issuer, subject, email, name, picture, created_at,
+                                            email_key, name_key)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                    )?
                     .execute(params![
                         id.to_string(),
                         identity.issuer,
@@ -266,9 +413,11 @@ impl UserStore for SqliteStore {
                         identity.email,
                         identity.name,
                         identity.picture,
-                        ms(now)
+                        ms(now),
+                        email_key,
+                        name_key,
                     ])?;
-                    (id, stored(now), true)
+                    (id, stored(now), None, true)
                 }
             };
             let user = User {
@@ -279,6 +428,7 @@ impl UserStore for SqliteStore {
                 name: identity.name,
                 picture: identity.picture,
                 created_at,
+                last_seen_at,
             };
             Ok((user, created))
         })
@@ -291,6 +441,43 @@ impl UserStore for SqliteStore {
                 .prepare_cached(&format!("SELECT {USER_COLUMNS} FROM users WHERE id = ?1"))?
                 .query_row([id.to_string()], user_row)
                 .optional()?)
+        })
+        .await
+    }
+
+    async fn search_users(&self, query: &str, limit: u32) -> Result<Vec<User>> {
+        // A prefix of the lower-cased key is a range of keys: from the
+        // query's key up to it followed by the last code point. A range
+        // scan of each key's index needs no LIKE, so `%` and `_` in the
+        // query are ordinary characters, and case is folded for all of
+        // Unicode, not only ASCII as LIKE would. (A key that continues
+        // with U+10FFFF itself, a noncharacter, is missed.)
+        let low = search_key(query);
+        let high = format!("{low}\u{10FFFF}");
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(&format!(
+                "SELECT {USER_COLUMNS} FROM users
+                 WHERE (name_key >= ?1 AND name_key < ?2) OR (email_key >= ?1 AND email_key < ?2)
+                 ORDER BY name_key IS NULL, name_key, email_key, id
+                 LIMIT ?3"
+            ))?;
+            let users = statement
+                .query_map(params![low, high, i64::from(limit)], user_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(users)
+        })
+        .await
+    }
+
+    async fn set_last_seen(&self, id: UserId, at: OffsetDateTime) -> Result<()> {
+        self.write(move |conn| {
+            let changed = conn
+                .prepare_cached("UPDATE users SET last_seen_at = ?2 WHERE id = ?1")?
+                .execute(params![id.to_string(), ms(at)])?;
+            if changed == 0 {
+                return Err(Error::not_found("no such user").into());
+            }
+            Ok(())
         })
         .await
     }
@@ -507,6 +694,19 @@ impl FriendStore for SqliteStore {
         .await
     }
 
+    async fn unblock_user(&self, user: UserId, other: UserId) -> Result<bool> {
+        self.write(move |conn| {
+            let removed = conn
+                .prepare_cached(
+                    "DELETE FROM friendships
+                     WHERE user_id = ?1 AND other_id = ?2 AND status = 'blocked'",
+                )?
+                .execute([user.to_string(), other.to_string()])?;
+            Ok(removed == 1)
+        })
+        .await
+    }
+
     async fn friendship(&self, user: UserId, other: UserId) -> Result<Option<FriendStatus>> {
         self.read(move |conn| friend_status(conn, user, other))
             .await
@@ -535,8 +735,13 @@ impl FriendStore for SqliteStore {
 
 #[async_trait]
 impl MessageStore for SqliteStore {
-    async fn insert_message(&self, message: &NewMessage) -> Result<Message> {
+    async fn insert_message(
+        &self,
+        message: &NewMessage,
+        recipients: &[UserId],
+    ) -> Result<MessageInsert> {
         let message = message.clone();
+        let recipients = distinct(recipients);
         self.write(move |conn| {
             if let Some(client_id) = &message.client_id {
                 let first = conn
@@ -546,29 +751,61 @@ impl MessageStore for SqliteStore {
                     .query_row([message.sender.to_string(), client_id.clone()], message_row)
                     .optional()?;
                 if let Some(first) = first {
-                    return Ok(first);
+                    return Ok(MessageInsert {
+                        message: first,
+                        created: false,
+                        deliveries: Vec::new(),
+                    });
                 }
             }
-            conn.prepare_cached(
-                "INSERT INTO messages (id, conversation, sender, body, client_id, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )?
+            let conversation = message.conversation.to_string();
+            // This runs inside the write transaction, which holds SQLite's
+            // write lock: nothing can take this seq between reading the
+            // maximum and inserting. The unique (conversation, seq) index
+            // would refuse a duplicate anyway.
+            let seq = last_seq(conn, &conversation)? + 1;
+            conn.prepare_cached(&format!(
+                "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)"
+            ))?
             .execute(params![
                 message.id.to_string(),
-                message.conversation.to_string(),
+                conversation,
+                seq,
                 message.sender.to_string(),
                 message.body,
                 message.client_id,
                 ms(message.created_at),
             ])?;
-            Ok(Message {
+            // A direct conversation's users are in its id; a group's come
+            // from its membership rows instead.
+            if let Conversation::Direct { low, high } = message.conversation {
+                for user in [low, high] {
+                    conn.prepare_cached(
+                        "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
+                         ON CONFLICT (user_id, conversation) DO NOTHING",
+                    )?
+                    .execute([user.to_string(), conversation.clone()])?;
+                }
+            }
+            let stored = Message {
                 id: message.id,
                 conversation: message.conversation,
+                seq: seq as u64,
                 sender: message.sender,
                 body: Some(message.body),
                 client_id: message.client_id,
                 created_at: stored(message.created_at),
                 deleted_at: None,
+            };
+            let event = Event::MessageCreated {
+                message: stored.clone(),
+            };
+            // The events are dated like the message.
+            let deliveries = deliver(conn, &recipients, &event, message.created_at)?;
+            Ok(MessageInsert {
+                message: stored,
+                created: true,
+                deliveries,
             })
         })
         .await
@@ -581,49 +818,224 @@ impl MessageStore for SqliteStore {
     async fn list_messages(
         &self,
         conversation: Conversation,
-        before: Option<MessageId>,
+        before: Option<u64>,
+        readable_until: Option<u64>,
         limit: u32,
     ) -> Result<Vec<Message>> {
-        self.read(move |conn| {
-            // Two statements rather than `(?2 IS NULL OR id < ?2)`, so each
-            // is a plain range scan of the (conversation, id) index.
-            let conversation = conversation.to_string();
-            let limit = i64::from(limit);
-            let rows = match before {
-                None => conn
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1
-                         ORDER BY id DESC LIMIT ?2"
-                    ))?
-                    .query_map(params![conversation, limit], message_row)?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
-                Some(before) => conn
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE conversation = ?1 AND id < ?2
-                         ORDER BY id DESC LIMIT ?3"
-                    ))?
-                    .query_map(
-                        params![conversation, before.to_string(), limit],
-                        message_row,
-                    )?
-                    .collect::<rusqlite::Result<Vec<_>>>()?,
+        // Both bounds come down to one: the newest seq on the page.
+        let newest = match before {
+            Some(0) => return Ok(Vec::new()),
+            Some(before) => before - 1,
+            None => u64::MAX,
+        };
+        let newest = readable_until.map_or(newest, |until| until.min(newest));
+        self.read(move |conn| messages_up_to(conn, &conversation.to_string(), newest, limit))
+            .await
+    }
+
+    async fn delete_message(
+        &self,
+        id: MessageId,
+        now: OffsetDateTime,
+        recipients: &[UserId],
+    ) -> Result<Option<MessageDeletion>> {
+        let recipients = distinct(recipients);
+        self.write(move |conn| {
+            let deleted = conn
+                .prepare_cached(
+                    "UPDATE messages SET body = NULL, deleted_at = ?2
+                     WHERE id = ?1 AND deleted_at IS NULL",
+                )?
+                .execute(params![id.to_string(), ms(now)])?;
+            let Some(tombstone) = get_message(conn, id)? else {
+                return Ok(None);
             };
-            Ok(rows)
+            if deleted == 0 {
+                return Ok(Some(MessageDeletion {
+                    message: tombstone,
+                    deliveries: Vec::new(),
+                }));
+            }
+            // The body must not live on in the logs it was delivered to:
+            // their message.created events now carry the tombstone.
+            let created = event_json(&Event::MessageCreated {
+                message: tombstone.clone(),
+            })?;
+            conn.prepare_cached("UPDATE events SET event = ?2 WHERE message_id = ?1")?
+                .execute([id.to_string(), created])?;
+            let event = Event::MessageDeleted {
+                conversation: tombstone.conversation,
+                message_id: id,
+                seq: tombstone.seq,
+            };
+            let deliveries = deliver(conn, &recipients, &event, now)?;
+            Ok(Some(MessageDeletion {
+                message: tombstone,
+                deliveries,
+            }))
         })
         .await
     }
 
-    async fn delete_message(&self, id: MessageId, now: OffsetDateTime) -> Result<Option<Message>> {
-        self.write(move |conn| {
-            conn.prepare_cached(
-                "UPDATE messages SET body = NULL, deleted_at = ?2
-                 WHERE id = ?1 AND deleted_at IS NULL",
-            )?
-            .execute(params![id.to_string(), ms(now)])?;
-            get_message(conn, id)
+    async fn conversation_access(
+        &self,
+        user: UserId,
+        conversation: Conversation,
+    ) -> Result<Option<ConversationAccess>> {
+        let full = ConversationAccess {
+            readable_until: None,
+        };
+        let group = match conversation {
+            // Decided by the id alone, even before the first message.
+            Conversation::Direct { low, high } => {
+                return Ok((user == low || user == high).then_some(full));
+            }
+            Conversation::Group(group) => group,
+        };
+        self.read(move |conn| {
+            let left_seq = conn
+                .prepare_cached(
+                    "SELECT left_seq FROM group_members WHERE group_id = ?1 AND user_id = ?2",
+                )?
+                .query_row([group.to_string(), user.to_string()], |row| {
+                    opt_seq_at(row, 0)
+                })
+                .optional()?;
+            Ok(left_seq.map(|readable_until| ConversationAccess { readable_until }))
         })
         .await
     }
+
+    async fn mark_read(&self, user: UserId, conversation: Conversation, seq: u64) -> Result<()> {
+        self.write(move |conn| {
+            let text = conversation.to_string();
+            // Marking beyond the newest message would hide the messages
+            // still to come, so the mark stops at the newest one. Where the
+            // user has no row (no part in it, or a direct conversation with
+            // no message yet) there is nothing to mark.
+            let seq = sql_seq(seq).min(last_seq(conn, &text)?);
+            match conversation {
+                Conversation::Direct { .. } => conn
+                    .prepare_cached(
+                        "UPDATE direct_participants SET last_read_seq = max(last_read_seq, ?3)
+                         WHERE user_id = ?1 AND conversation = ?2",
+                    )?
+                    .execute(params![user.to_string(), text, seq])?,
+                Conversation::Group(group) => conn
+                    .prepare_cached(
+                        "UPDATE group_members SET last_read_seq = max(last_read_seq, ?3)
+                         WHERE group_id = ?1 AND user_id = ?2",
+                    )?
+                    .execute(params![group.to_string(), user.to_string(), seq])?,
+            };
+            Ok(())
+        })
+        .await
+    }
+
+    async fn list_conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>> {
+        self.read(move |conn| {
+            // One snapshot, so that no summary mixes two states of the
+            // database.
+            let snapshot = conn.unchecked_transaction()?;
+            let mut parts = conn
+                .prepare_cached(
+                    "SELECT conversation, last_read_seq FROM direct_participants WHERE user_id = ?1",
+                )?
+                .query_map([user.to_string()], |row| {
+                    Ok(Participation {
+                        conversation: parse_at(row, 0)?,
+                        last_read_seq: seq_at(row, 1)?,
+                        readable_until: None,
+                        joined_at: None,
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            parts.extend(
+                conn.prepare_cached(
+                    "SELECT group_id, last_read_seq, left_seq, joined_at FROM group_members
+                     WHERE user_id = ?1",
+                )?
+                .query_map([user.to_string()], |row| {
+                    Ok(Participation {
+                        conversation: Conversation::Group(parse_at(row, 0)?),
+                        last_read_seq: seq_at(row, 1)?,
+                        readable_until: opt_seq_at(row, 2)?,
+                        joined_at: Some(time_at(row, 3)?),
+                    })
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?,
+            );
+            let mut summaries = parts
+                .into_iter()
+                .map(|part| summarize(conn, user, part))
+                .collect::<DbResult<Vec<_>>>()?;
+            snapshot.commit()?;
+            // Newest activity first; the conversation id breaks ties so
+            // the order is stable.
+            summaries.sort_by(|(a_time, a), (b_time, b)| {
+                b_time.cmp(a_time).then_with(|| {
+                    b.conversation
+                        .to_string()
+                        .cmp(&a.conversation.to_string())
+                })
+            });
+            Ok(summaries.into_iter().map(|(_, summary)| summary).collect())
+        })
+        .await
+    }
+}
+
+/// A user's part in one conversation, as stored.
+struct Participation {
+    conversation: Conversation,
+    last_read_seq: u64,
+    /// Set for a former group member.
+    readable_until: Option<u64>,
+    /// For a group: when the user (last) joined, their activity until a
+    /// message arrives.
+    joined_at: Option<OffsetDateTime>,
+}
+
+/// The summary of one participation, with the time of its latest activity
+/// for ordering.
+fn summarize(
+    conn: &Connection,
+    user: UserId,
+    part: Participation,
+) -> DbResult<(Option<OffsetDateTime>, ConversationSummary)> {
+    let conversation = part.conversation.to_string();
+    let newest = part.readable_until.unwrap_or(u64::MAX);
+    let last_message = messages_up_to(conn, &conversation, newest, 1)?.pop();
+    let unread: i64 = conn
+        .prepare_cached(
+            "SELECT count(*) FROM messages
+             WHERE conversation = ?1 AND seq > ?2 AND seq <= ?3
+               AND sender <> ?4 AND deleted_at IS NULL",
+        )?
+        .query_row(
+            params![
+                conversation,
+                sql_seq(part.last_read_seq),
+                sql_seq(newest),
+                user.to_string()
+            ],
+            |row| row.get(0),
+        )?;
+    let activity = last_message
+        .as_ref()
+        .map(|message| message.created_at)
+        .or(part.joined_at);
+    Ok((
+        activity,
+        ConversationSummary {
+            conversation: part.conversation,
+            last_message,
+            unread: unread.max(0) as u64,
+            last_read_seq: part.last_read_seq,
+            active: part.readable_until.is_none(),
+        },
+    ))
 }
 
 #[async_trait]
@@ -693,9 +1105,15 @@ impl GroupStore for SqliteStore {
 
     async fn remove_group_member(&self, group: GroupId, user: UserId) -> Result<bool> {
         self.write(move |conn| {
+            // The row stays, marked with the last seq they may still read.
+            let conversation = Conversation::Group(group).to_string();
+            let left_seq = last_seq(conn, &conversation)?;
             let removed = conn
-                .prepare_cached("DELETE FROM group_members WHERE group_id = ?1 AND user_id = ?2")?
-                .execute([group.to_string(), user.to_string()])?;
+                .prepare_cached(
+                    "UPDATE group_members SET left_seq = ?3
+                     WHERE group_id = ?1 AND user_id = ?2 AND left_seq IS NULL",
+                )?
+                .execute(params![group.to_string(), user.to_string(), left_seq])?;
             Ok(removed == 1)
         })
         .await
@@ -706,7 +1124,7 @@ impl GroupStore for SqliteStore {
             Ok(conn
                 .prepare_cached(
                     "SELECT user_id, role, joined_at FROM group_members
-                     WHERE group_id = ?1 AND user_id = ?2",
+                     WHERE group_id = ?1 AND user_id = ?2 AND left_seq IS NULL",
                 )?
                 .query_row([group.to_string(), user.to_string()], member_row)
                 .optional()?)
@@ -717,7 +1135,8 @@ impl GroupStore for SqliteStore {
     async fn list_group_members(&self, group: GroupId) -> Result<Vec<GroupMember>> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(
-                "SELECT user_id, role, joined_at FROM group_members WHERE group_id = ?1
+                "SELECT user_id, role, joined_at FROM group_members
+                 WHERE group_id = ?1 AND left_seq IS NULL
                  ORDER BY joined_at, user_id",
             )?;
             let members = statement
@@ -732,7 +1151,7 @@ impl GroupStore for SqliteStore {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(&format!(
                 "SELECT {GROUP_COLUMNS} FROM group_members m JOIN groups g ON g.id = m.group_id
-                 WHERE m.user_id = ?1 ORDER BY g.created_at, g.id"
+                 WHERE m.user_id = ?1 AND m.left_seq IS NULL ORDER BY g.created_at, g.id"
             ))?;
             let groups = statement
                 .query_map([user.to_string()], group_row)?
@@ -741,6 +1160,101 @@ impl GroupStore for SqliteStore {
         })
         .await
     }
+}
+
+#[async_trait]
+impl EventStore for SqliteStore {
+    async fn append_events(
+        &self,
+        events: &[(UserId, Event)],
+        now: OffsetDateTime,
+    ) -> Result<Vec<Delivery>> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        let events = events.to_vec();
+        self.write(move |conn| {
+            events
+                .iter()
+                .map(|(user, event)| append_event(conn, *user, event, &event_json(event)?, now))
+                .collect()
+        })
+        .await
+    }
+
+    async fn events_since(&self, user: UserId, since: u64, limit: u32) -> Result<Replay> {
+        self.read(move |conn| {
+            // One snapshot: a prune committing between the check and the
+            // read must not open a gap that the check did not see.
+            let snapshot = conn.unchecked_transaction()?;
+            let (latest, pruned) = event_marks(conn, user)?;
+            // Every pruned seq is at most `pruned`, so one of them is after
+            // `since` exactly when `pruned` is.
+            if since > latest || since < pruned {
+                return Ok(Replay::ResyncRequired { latest_seq: latest });
+            }
+            let deliveries = conn
+                .prepare_cached(
+                    "SELECT seq, event, created_at FROM events WHERE user_id = ?1 AND seq > ?2
+                     ORDER BY seq LIMIT ?3",
+                )?
+                .query_map(
+                    params![user.to_string(), sql_seq(since), i64::from(limit)],
+                    |row| {
+                        let json: String = row.get(1)?;
+                        Ok(Delivery {
+                            user_id: user,
+                            seq: seq_at(row, 0)?,
+                            event: serde_json::from_str(&json)
+                                .map_err(|error| conversion_error(1, Type::Text, error))?,
+                            created_at: time_at(row, 2)?,
+                        })
+                    },
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            snapshot.commit()?;
+            Ok(Replay::Events(deliveries))
+        })
+        .await
+    }
+
+    async fn latest_event_seq(&self, user: UserId) -> Result<u64> {
+        self.read(move |conn| Ok(event_marks(conn, user)?.0)).await
+    }
+
+    async fn prune_events(&self, before: OffsetDateTime) -> Result<u64> {
+        self.write(move |conn| {
+            let before = ms(before);
+            // First remember, per user, the newest seq about to go. Left
+            // to itself the planner prefers scanning the whole log in
+            // primary-key order (it groups by user for free); the old end
+            // of the log is usually far smaller.
+            conn.prepare_cached(
+                "UPDATE users SET pruned_event_seq = p.seq
+                 FROM (SELECT user_id, max(seq) AS seq FROM events INDEXED BY events_by_created_at
+                       WHERE created_at < ?1 GROUP BY user_id) AS p
+                 WHERE users.id = p.user_id AND p.seq > users.pruned_event_seq",
+            )?
+            .execute([before])?;
+            let removed = conn
+                .prepare_cached("DELETE FROM events WHERE created_at < ?1")?
+                .execute([before])?;
+            Ok(removed as u64)
+        })
+        .await
+    }
+}
+
+/// `user`'s newest event seq and the highest seq pruned from their log;
+/// zeros for a user never seen.
+fn event_marks(conn: &Connection, user: UserId) -> DbResult<(u64, u64)> {
+    Ok(conn
+        .prepare_cached("SELECT last_event_seq, pruned_event_seq FROM users WHERE id = ?1")?
+        .query_row([user.to_string()], |row| {
+            Ok((seq_at(row, 0)?, seq_at(row, 1)?))
+        })
+        .optional()?
+        .unwrap_or((0, 0)))
 }
 
 #[async_trait]

@@ -4,9 +4,9 @@
 //! previous version intact.
 //!
 //! Conventions: ids are TEXT holding hyphenated UUIDs (their text order is
-//! their creation order, which the message cursor relies on); timestamps
-//! are INTEGER Unix milliseconds; tables are STRICT so a wrong type is an
-//! error instead of a silent conversion.
+//! their creation order); timestamps are INTEGER Unix milliseconds;
+//! sequence numbers (`seq`) are INTEGER counting from 1; tables are STRICT
+//! so a wrong type is an error instead of a silent conversion.
 //!
 //! Never edit a released migration: append a new one.
 
@@ -88,6 +88,93 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (group_id, user_id)
     ) STRICT, WITHOUT ROWID;
     CREATE INDEX group_members_by_user ON group_members (user_id);
+    ",
+    // 2: messaging (per-conversation seq, read state, former group
+    // members), user search and presence, and each user's event log.
+    "
+    ALTER TABLE users ADD COLUMN last_seen_at INTEGER;
+    -- Name and email lower-cased by the store (Unicode, character by
+    -- character), for case-insensitive prefix search as a range scan.
+    -- SQL's lower() folds ASCII only: rows from before this migration get
+    -- that until upsert_user refreshes them at the user's next sign-in.
+    ALTER TABLE users ADD COLUMN name_key TEXT;
+    ALTER TABLE users ADD COLUMN email_key TEXT;
+    UPDATE users SET name_key = lower(name), email_key = lower(email);
+    CREATE INDEX users_by_name_key ON users (name_key);
+    CREATE INDEX users_by_email_key ON users (email_key);
+    -- The seq of the user's newest event, and the highest seq ever pruned
+    -- from their log. Kept here rather than derived from the log, so that
+    -- pruning never restarts the numbering or hides that it happened.
+    ALTER TABLE users ADD COLUMN last_event_seq INTEGER NOT NULL DEFAULT 0
+        CHECK (last_event_seq >= 0);
+    ALTER TABLE users ADD COLUMN pruned_event_seq INTEGER NOT NULL DEFAULT 0
+        CHECK (pruned_event_seq >= 0);
+
+    -- Messages gain seq: 1, 2, 3... per conversation. The table is rebuilt
+    -- to make it NOT NULL; existing messages are numbered in id order,
+    -- which is their creation order.
+    CREATE TABLE messages_v2 (
+        id TEXT PRIMARY KEY NOT NULL,
+        conversation TEXT NOT NULL,
+        seq INTEGER NOT NULL CHECK (seq > 0),
+        sender TEXT NOT NULL REFERENCES users (id),
+        body TEXT,
+        client_id TEXT,
+        created_at INTEGER NOT NULL,
+        deleted_at INTEGER
+    ) STRICT;
+    INSERT INTO messages_v2
+        (id, conversation, seq, sender, body, client_id, created_at, deleted_at)
+    SELECT id, conversation, row_number() OVER (PARTITION BY conversation ORDER BY id),
+           sender, body, client_id, created_at, deleted_at
+    FROM messages;
+    DROP TABLE messages;
+    ALTER TABLE messages_v2 RENAME TO messages;
+    -- History pages, the next seq (max + 1) and unread counts.
+    CREATE UNIQUE INDEX messages_by_seq ON messages (conversation, seq);
+    CREATE UNIQUE INDEX messages_by_client_id ON messages (sender, client_id)
+        WHERE client_id IS NOT NULL;
+
+    -- The two users of each direct conversation that has a message, and
+    -- how far each has read. (A group's users are its group_members.)
+    CREATE TABLE direct_participants (
+        user_id TEXT NOT NULL REFERENCES users (id),
+        conversation TEXT NOT NULL,
+        last_read_seq INTEGER NOT NULL DEFAULT 0 CHECK (last_read_seq >= 0),
+        PRIMARY KEY (user_id, conversation)
+    ) STRICT, WITHOUT ROWID;
+    -- conversation is 'd:' || low || ':' || high with hyphenated UUIDs.
+    -- History from before read tracking counts as read.
+    INSERT INTO direct_participants (user_id, conversation, last_read_seq)
+    SELECT u.id, c.conversation, c.last_seq
+    FROM (SELECT conversation, max(seq) AS last_seq FROM messages
+          WHERE conversation LIKE 'd:%' GROUP BY conversation) AS c
+    JOIN users u ON u.id IN (substr(c.conversation, 3, 36), substr(c.conversation, 40, 36));
+
+    -- A member who leaves keeps their row, with the last seq they may read;
+    -- left_seq is NULL while they are a member.
+    ALTER TABLE group_members ADD COLUMN left_seq INTEGER CHECK (left_seq >= 0);
+    ALTER TABLE group_members ADD COLUMN last_read_seq INTEGER NOT NULL DEFAULT 0
+        CHECK (last_read_seq >= 0);
+    UPDATE group_members SET last_read_seq = coalesce(
+        (SELECT max(seq) FROM messages WHERE conversation = 'g:' || group_members.group_id), 0);
+
+    -- Each user's events, for replay after a reconnect. event is the JSON
+    -- of voice_core::wire::Event. message_id is set on message.created
+    -- events, so that deleting the message erases its body here too.
+    CREATE TABLE events (
+        user_id TEXT NOT NULL REFERENCES users (id),
+        seq INTEGER NOT NULL CHECK (seq > 0),
+        event TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        message_id TEXT,
+        PRIMARY KEY (user_id, seq)
+    ) STRICT, WITHOUT ROWID;
+    -- Pruning by age. Like every index of a WITHOUT ROWID table it holds
+    -- the primary key too, so it covers the per-user high-water mark that
+    -- pruning records.
+    CREATE INDEX events_by_created_at ON events (created_at);
+    CREATE INDEX events_by_message ON events (message_id) WHERE message_id IS NOT NULL;
     ",
 ];
 
@@ -187,6 +274,116 @@ mod tests {
             )
             .unwrap();
         assert_eq!(b_exists, 0);
+    }
+
+    /// A database of version 1 with data: after migration 2 its messages
+    /// are numbered per conversation in id order, direct conversations
+    /// know their (existing) users, and history counts as read.
+    #[test]
+    fn migration_2_upgrades_existing_data() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        migrate_with(&mut conn, &MIGRATIONS[..1]).unwrap();
+        let id = |n: u32| format!("00000000-0000-7000-8000-{n:012x}");
+        let (a, b, ghost) = (id(0xa), id(0xb), id(0xf));
+        let (direct, with_ghost) = (format!("d:{a}:{b}"), format!("d:{a}:{ghost}"));
+        let group = id(0x100);
+        let in_group = format!("g:{group}");
+        for user in [&a, &b] {
+            conn.execute(
+                "INSERT INTO users (id, issuer, subject, name, email, created_at)
+                 VALUES (?1, 'https://old.example', ?1, 'Ann ÉLAN', 'Ann@Example.com', 0)",
+                [user],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO groups (id, name, owner, created_at) VALUES (?1, 'g', ?2, 0)",
+            [&group, &a],
+        )
+        .unwrap();
+        for user in [&a, &b] {
+            conn.execute(
+                "INSERT INTO group_members (group_id, user_id, role, joined_at)
+                 VALUES (?1, ?2, 'member', 0)",
+                [&group, user],
+            )
+            .unwrap();
+        }
+        // Inserted out of id order: the id decides the seq.
+        for (message, conversation) in [
+            (3, &direct),
+            (1, &direct),
+            (2, &with_ghost),
+            (4, &in_group),
+            (5, &direct),
+            (6, &in_group),
+        ] {
+            conn.execute(
+                "INSERT INTO messages (id, conversation, sender, body, created_at)
+                 VALUES (?1, ?2, ?3, 'old', 0)",
+                [&id(message), conversation, &a],
+            )
+            .unwrap();
+        }
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+        let rows = |sql: &str| -> Vec<(String, i64)> {
+            let mut statement = conn.prepare(sql).unwrap();
+            statement
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        assert_eq!(
+            rows("SELECT id, seq FROM messages ORDER BY id"),
+            vec![
+                (id(1), 1),
+                (id(2), 1),
+                (id(3), 2),
+                (id(4), 1),
+                (id(5), 3),
+                (id(6), 2),
+            ]
+        );
+        assert_eq!(
+            rows(
+                "SELECT user_id || ' ' || conversation, last_read_seq FROM direct_participants
+                 ORDER BY user_id, conversation"
+            ),
+            vec![
+                (format!("{a} {direct}"), 3),
+                (format!("{a} {with_ghost}"), 1),
+                (format!("{b} {direct}"), 3),
+            ],
+            "a user who never existed gets no row"
+        );
+        assert_eq!(
+            rows(
+                "SELECT user_id, last_read_seq FROM group_members WHERE left_seq IS NULL
+                 ORDER BY user_id"
+            ),
+            vec![(a.clone(), 2), (b.clone(), 2)]
+        );
+        assert_eq!(
+            rows("SELECT name_key || ' ' || email_key, last_event_seq FROM users LIMIT 1"),
+            vec![("ann Élan ann@example.com".to_owned(), 0)],
+            "SQL's lower() folds ASCII only, until the next sign-in"
+        );
+        let seq_is_checked = conn.execute(
+            "INSERT INTO messages (id, conversation, seq, sender, created_at)
+             VALUES ('x', 'd:x:y', 0, ?1, 0)",
+            [&a],
+        );
+        assert!(seq_is_checked.is_err());
+        let foreign_key_errors: i64 = conn
+            .query_row("SELECT count(*) FROM pragma_foreign_key_check", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(foreign_key_errors, 0);
     }
 
     #[test]

@@ -1,13 +1,15 @@
 //! SQLite-specific behaviour behind the public API: reopening, schema
 //! versions, concurrency and closing.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use time::OffsetDateTime;
 use voice_core::ErrorCode;
-use voice_core::ids::MessageId;
+use voice_core::ids::{MessageId, UserId};
 use voice_core::model::{Conversation, Identity, NewMessage, User};
-use voice_core::store::{MessageStore, Store, UserStore};
+use voice_core::store::{EventStore, MessageStore, Store, UserStore};
+use voice_core::wire::{Delivery, Event, Replay};
 use voice_store::{SCHEMA_VERSION, SqliteOptions, SqliteStore};
 
 fn open(path: &Path) -> SqliteStore {
@@ -31,10 +33,10 @@ async fn a_user(store: &SqliteStore) -> User {
         .0
 }
 
-fn message(sender: &User, body: String) -> NewMessage {
+fn message(sender: &User, to: &User, body: String) -> NewMessage {
     NewMessage {
         id: MessageId::new(),
-        conversation: Conversation::direct(sender.id, voice_core::UserId::new()),
+        conversation: Conversation::direct(sender.id, to.id),
         sender: sender.id,
         body,
         client_id: None,
@@ -104,19 +106,26 @@ async fn many_concurrent_writes_all_commit() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(&dir.path().join("voice.db"));
     let sender = a_user(&store).await;
+    let partner = a_user(&store).await;
+    let recipients = [sender.id, partner.id];
     let before = store.stats();
 
     let tasks: Vec<_> = (0..400)
         .map(|i| {
             let store = store.clone();
-            let new = message(&sender, format!("message {i}"));
-            tokio::spawn(async move { store.insert_message(&new).await.map(|m| (m, new)) })
+            let new = message(&sender, &partner, format!("message {i}"));
+            tokio::spawn(async move {
+                store
+                    .insert_message(&new, &recipients)
+                    .await
+                    .map(|m| (m, new))
+            })
         })
         .collect();
     let mut ids = Vec::new();
     for task in tasks {
         let (stored, new) = task.await.unwrap().unwrap();
-        assert_eq!(stored.id, new.id);
+        assert_eq!(stored.message.id, new.id);
         ids.push(new.id);
     }
     for id in ids {
@@ -138,14 +147,16 @@ async fn the_last_handle_to_go_closes_the_file() {
     let wal = dir.path().join("voice.db-wal");
     let store = open(&path);
     let sender = a_user(&store).await;
+    let partner = a_user(&store).await;
+    let recipients = [sender.id, partner.id];
     let mut pending = Vec::new();
     let mut tasks = Vec::new();
     for i in 0..20 {
         let store = store.clone();
-        let new = message(&sender, format!("queued {i}"));
+        let new = message(&sender, &partner, format!("queued {i}"));
         pending.push(new.id);
         tasks.push(tokio::spawn(async move {
-            store.insert_message(&new).await.map(|_| ())
+            store.insert_message(&new, &recipients).await.map(|_| ())
         }));
     }
     // Other handles live on in the tasks: closing this one leaves the
@@ -186,4 +197,208 @@ async fn dropping_the_last_handle_closes_the_database() {
     assert!(!dir.path().join("voice.db-wal").exists());
     let store = open(&path);
     assert_eq!(store.get_user(user.id).await.unwrap(), Some(user));
+}
+
+/// Eight tasks send 100 messages each into one conversation at once. The
+/// writer numbers them 1..=800 without a gap or a repeat, and each user's
+/// events follow the messages' order with their own gapless seqs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_senders_get_gapless_seqs_and_ordered_events() {
+    const TASKS: usize = 8;
+    const EACH: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let a = a_user(&store).await;
+    let b = a_user(&store).await;
+    let recipients = [a.id, b.id];
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            let (a, b) = (a.clone(), b.clone());
+            tokio::spawn(async move {
+                let mut inserted = Vec::new();
+                for i in 0..EACH {
+                    let sender = if (task + i) % 2 == 0 { &a } else { &b };
+                    let to = if sender.id == a.id { &b } else { &a };
+                    let new = message(sender, to, format!("task {task} message {i}"));
+                    inserted.push(store.insert_message(&new, &recipients).await.unwrap());
+                }
+                inserted
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    assert_eq!(all.len(), TASKS * EACH);
+    assert!(all.iter().all(|inserted| inserted.created));
+
+    all.sort_by_key(|inserted| inserted.message.seq);
+    let seqs: Vec<u64> = all.iter().map(|inserted| inserted.message.seq).collect();
+    assert_eq!(seqs, (1..=(TASKS * EACH) as u64).collect::<Vec<_>>());
+
+    // In message order, each user's delivery seqs go 1, 2, 3...: strictly
+    // increasing, so a device replaying its log sees messages in order.
+    let mut last: HashMap<UserId, u64> = HashMap::new();
+    for inserted in &all {
+        let users: Vec<UserId> = inserted.deliveries.iter().map(|d| d.user_id).collect();
+        assert_eq!(users, recipients);
+        for delivery in &inserted.deliveries {
+            let previous = last.insert(delivery.user_id, delivery.seq).unwrap_or(0);
+            assert_eq!(delivery.seq, previous + 1, "{delivery:?}");
+            assert_eq!(
+                delivery.event,
+                Event::MessageCreated {
+                    message: inserted.message.clone()
+                }
+            );
+        }
+    }
+    // The logs agree with what the inserts reported.
+    for user in recipients {
+        assert_eq!(
+            store.latest_event_seq(user).await.unwrap(),
+            (TASKS * EACH) as u64
+        );
+        let Replay::Events(replayed) = store.events_since(user, 0, 1000).await.unwrap() else {
+            panic!("nothing was pruned");
+        };
+        let reported: Vec<Delivery> = all
+            .iter()
+            .flat_map(|inserted| inserted.deliveries.iter())
+            .filter(|delivery| delivery.user_id == user)
+            .cloned()
+            .collect();
+        assert_eq!(replayed, reported);
+    }
+    let listed = store
+        .list_messages(Conversation::direct(a.id, b.id), None, None, 1000)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), TASKS * EACH);
+    assert!(listed.windows(2).all(|w| w[0].seq == w[1].seq + 1));
+    store.close().await;
+}
+
+/// A message and its events are one transaction: when appending to one
+/// recipient's log fails (an unknown user), the message is not stored and
+/// no other recipient got the event.
+#[tokio::test]
+async fn a_message_and_its_events_commit_together_or_not_at_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let a = a_user(&store).await;
+    let b = a_user(&store).await;
+    let new = message(&a, &b, "never stored".to_owned());
+    let error = store
+        .insert_message(&new, &[a.id, UserId::new()])
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::NotFound, "{error}");
+    assert_eq!(store.get_message(new.id).await.unwrap(), None);
+    assert_eq!(store.latest_event_seq(a.id).await.unwrap(), 0);
+    assert!(store.list_conversations(a.id).await.unwrap().is_empty());
+    // The conversation's numbering did not move either.
+    let next = store
+        .insert_message(&message(&a, &b, "first".to_owned()), &[a.id, b.id])
+        .await
+        .unwrap();
+    assert_eq!(next.message.seq, 1);
+    assert_eq!(next.deliveries[0].seq, 1);
+    store.close().await;
+}
+
+/// Deleting a message erases its body from the logged `message.created`
+/// events too, so a replay after the deletion never shows it.
+#[tokio::test]
+async fn deleting_a_message_erases_its_body_from_the_event_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let a = a_user(&store).await;
+    let b = a_user(&store).await;
+    let new = message(&a, &b, "regrettable".to_owned());
+    let inserted = store.insert_message(&new, &[a.id, b.id]).await.unwrap();
+    let deletion = store
+        .delete_message(new.id, OffsetDateTime::now_utc(), &[b.id])
+        .await
+        .unwrap()
+        .unwrap();
+    for user in [a.id, b.id] {
+        let Replay::Events(events) = store.events_since(user, 0, 10).await.unwrap() else {
+            panic!("nothing was pruned");
+        };
+        assert_eq!(
+            events[0].event,
+            Event::MessageCreated {
+                message: deletion.message.clone()
+            },
+            "the logged message is the tombstone"
+        );
+        assert_eq!(events[0].seq, inserted.deliveries[0].seq);
+    }
+    let raw: Vec<String> = {
+        let conn = rusqlite::Connection::open(dir.path().join("voice.db")).unwrap();
+        let mut statement = conn.prepare("SELECT event FROM events").unwrap();
+        statement
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    assert_eq!(raw.len(), 3);
+    assert!(
+        raw.iter().all(|json| !json.contains("regrettable")),
+        "{raw:?}"
+    );
+    store.close().await;
+}
+
+/// A read mark stops at the newest message, so marking ahead cannot hide
+/// the messages still to come.
+#[tokio::test]
+async fn a_read_mark_stops_at_the_newest_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let a = a_user(&store).await;
+    let b = a_user(&store).await;
+    let conversation = Conversation::direct(a.id, b.id);
+    store
+        .insert_message(&message(&b, &a, "one".to_owned()), &[])
+        .await
+        .unwrap();
+    store.mark_read(a.id, conversation, 1_000).await.unwrap();
+    store
+        .insert_message(&message(&b, &a, "two".to_owned()), &[])
+        .await
+        .unwrap();
+    let listed = store.list_conversations(a.id).await.unwrap();
+    assert_eq!((listed[0].last_read_seq, listed[0].unread), (1, 1));
+    // u64::MAX does not overflow anything either.
+    store.mark_read(a.id, conversation, u64::MAX).await.unwrap();
+    let listed = store.list_conversations(a.id).await.unwrap();
+    assert_eq!((listed[0].last_read_seq, listed[0].unread), (2, 0));
+    assert_eq!(
+        store
+            .list_messages(conversation, Some(u64::MAX), Some(u64::MAX), 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    store.close().await;
+}
+
+/// `set_last_seen` of a user who does not exist is an error, not a no-op.
+#[tokio::test]
+async fn last_seen_of_an_unknown_user_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let error = store
+        .set_last_seen(UserId::new(), OffsetDateTime::now_utc())
+        .await
+        .unwrap_err();
+    assert_eq!(error.code, ErrorCode::NotFound);
+    store.close().await;
 }

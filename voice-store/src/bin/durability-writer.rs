@@ -50,20 +50,27 @@ async fn run(path: PathBuf, synchronous: Synchronous, tasks: usize) {
         ..SqliteOptions::default()
     };
     let store = SqliteStore::open(&path, options).expect("the store opens");
-    let identity = Identity {
-        issuer: "https://durability.example".to_owned(),
-        subject: "writer".to_owned(),
-        email: None,
-        email_verified: false,
-        name: None,
-        picture: None,
-        hosted_domain: None,
-    };
-    let (user, _) = store
-        .upsert_user(&identity, OffsetDateTime::now_utc())
-        .await
-        .expect("the writer's user is stored");
-    let conversation = Conversation::direct(user.id, voice_core::UserId::new());
+    // The writer talks to a partner; each message goes to both logs, as
+    // the server's would.
+    let mut users = Vec::new();
+    for subject in ["writer", "partner"] {
+        let identity = Identity {
+            issuer: "https://durability.example".to_owned(),
+            subject: subject.to_owned(),
+            email: None,
+            email_verified: false,
+            name: None,
+            picture: None,
+            hosted_domain: None,
+        };
+        let (user, _) = store
+            .upsert_user(&identity, OffsetDateTime::now_utc())
+            .await
+            .expect("the writer's users are stored");
+        users.push(user.id);
+    }
+    let (user, partner) = (users[0], users[1]);
+    let conversation = Conversation::direct(user, partner);
 
     let mut writers = Vec::new();
     for _ in 0..tasks {
@@ -75,12 +82,12 @@ async fn run(path: PathBuf, synchronous: Synchronous, tasks: usize) {
                 let message = NewMessage {
                     id,
                     conversation,
-                    sender: user.id,
+                    sender: user,
                     body: body(id),
                     client_id: None,
                     created_at: OffsetDateTime::now_utc(),
                 };
-                if let Err(error) = store.insert_message(&message).await {
+                if let Err(error) = store.insert_message(&message, &[user, partner]).await {
                     eprintln!("insert failed: {error}");
                     return;
                 }
