@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Stable error codes: part of the wire protocol, so never renamed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -63,6 +64,7 @@ impl ErrorCode {
 
 /// An error with a code and a message fit to show to the caller.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[error("{code:?}: {message}")]
 pub struct Error {
     pub code: ErrorCode,

@@ -43,6 +43,7 @@ pub struct Identity {
 
 /// One user's view of a relationship with another user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum FriendStatus {
     /// This user asked; the other has not answered.
@@ -81,6 +82,7 @@ impl FromStr for FriendStatus {
 
 /// A relationship as seen from one side.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Friend {
     pub user_id: UserId,
     pub status: FriendStatus,
@@ -148,6 +150,22 @@ impl Serialize for Conversation {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for Conversation {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some(
+                "A conversation: `d:<user id>:<user id>` (direct, lower id first) or `g:<group id>`",
+            ))
+            .examples(["g:0195f1c2-7a6b-7d3e-9a41-2f5c8e1b7a90"])
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for Conversation {}
+
 impl<'de> Deserialize<'de> for Conversation {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let s = String::deserialize(deserializer)?;
@@ -170,6 +188,7 @@ pub struct NewMessage {
 /// A stored message. A deleted message keeps its place as a tombstone: its
 /// body is erased and `deleted_at` is set.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Message {
     pub id: MessageId,
     pub conversation: Conversation,
@@ -215,6 +234,7 @@ pub struct ConversationAccess {
 
 /// One line of a user's conversation list.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationSummary {
     pub conversation: Conversation,
     /// The newest message the user may read (a tombstone if deleted).
@@ -228,6 +248,7 @@ pub struct ConversationSummary {
 
 /// A group conversation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Group {
     pub id: GroupId,
     pub name: String,
@@ -238,6 +259,7 @@ pub struct Group {
 
 /// A member's standing in a group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum GroupRole {
     Owner,
@@ -274,6 +296,7 @@ impl FromStr for GroupRole {
 
 /// A current member of a group.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupMember {
     pub user_id: UserId,
     pub role: GroupRole,

@@ -18,12 +18,14 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// The body of every error response.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     pub error: Error,
 }
 
 /// OAuth 2.0 token response (RFC 6749 section 5.1 field names).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenResponse {
     pub access_token: String,
     /// Always `Bearer`.
@@ -36,6 +38,7 @@ pub struct TokenResponse {
 /// `POST /v1/auth/token`: redeem a one-time login code with the PKCE
 /// verifier whose S256 challenge was given at `/v1/auth/login`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenRequest {
     pub code: String,
     pub code_verifier: String,
@@ -43,18 +46,21 @@ pub struct TokenRequest {
 
 /// `POST /v1/auth/refresh` and, optionally, `POST /v1/auth/logout`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
 /// `POST /v1/auth/dev-login`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DevLoginRequest {
     pub username: String,
 }
 
 /// A user as other users see them. `GET /v1/me` answers with one too.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserProfile {
     pub id: UserId,
     pub email: Option<String>,
@@ -78,24 +84,28 @@ impl From<&User> for UserProfile {
 
 /// `GET /healthz` and `GET /readyz`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: String,
 }
 
 /// `GET /v1/users?q=`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserSearchResponse {
     pub users: Vec<UserProfile>,
 }
 
 /// Body naming one user: friend requests, blocks, group members.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UserRef {
     pub user_id: UserId,
 }
 
 /// Whether someone is connected now, and when they last were.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Presence {
     pub online: bool,
     #[serde(with = "time::serde::rfc3339::option")]
@@ -104,6 +114,7 @@ pub struct Presence {
 
 /// A relationship as the caller sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FriendView {
     pub user: UserProfile,
     pub status: FriendStatus,
@@ -114,12 +125,14 @@ pub struct FriendView {
 
 /// `GET /v1/friends`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FriendsResponse {
     pub friends: Vec<FriendView>,
 }
 
 /// `GET /v1/friends/requests`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FriendRequestsResponse {
     pub incoming: Vec<FriendView>,
     pub outgoing: Vec<FriendView>,
@@ -128,6 +141,7 @@ pub struct FriendRequestsResponse {
 /// The answer to a friend request: the caller's status afterwards
 /// (`accepted` when the other had already asked).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FriendStatusResponse {
     pub user_id: UserId,
     pub status: FriendStatus,
@@ -135,12 +149,14 @@ pub struct FriendStatusResponse {
 
 /// `GET /v1/blocks`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct BlocksResponse {
     pub blocked: Vec<UserId>,
 }
 
 /// Where a message goes: `{"user": id}` or `{"group": id}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Recipient {
     User(UserId),
@@ -149,6 +165,7 @@ pub enum Recipient {
 
 /// `POST /v1/messages`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SendMessageRequest {
     pub to: Recipient,
     pub body: String,
@@ -160,6 +177,7 @@ pub struct SendMessageRequest {
 
 /// `GET /v1/conversations/{id}/messages`: newest first.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MessagesPage {
     pub messages: Vec<Message>,
     /// Pass as `before` for the next (older) page; absent at the start.
@@ -168,6 +186,7 @@ pub struct MessagesPage {
 
 /// `GET /v1/conversations`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConversationsResponse {
     pub conversations: Vec<ConversationSummary>,
 }
@@ -175,12 +194,14 @@ pub struct ConversationsResponse {
 /// `POST /v1/conversations/{id}/read`: everything up to and including
 /// this message is read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct MarkReadRequest {
     pub message_id: MessageId,
 }
 
 /// `POST /v1/groups`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CreateGroupRequest {
     pub name: String,
     #[serde(default)]
@@ -189,12 +210,14 @@ pub struct CreateGroupRequest {
 
 /// `PATCH /v1/groups/{id}`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenameGroupRequest {
     pub name: String,
 }
 
 /// `POST /v1/groups/{id}/members`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AddMemberRequest {
     pub user_id: UserId,
     /// `member` (default) or `admin`.
@@ -208,6 +231,7 @@ fn default_role() -> GroupRole {
 
 /// A group with its current members.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupView {
     pub group: Group,
     pub members: Vec<GroupMember>,
@@ -215,12 +239,14 @@ pub struct GroupView {
 
 /// `GET /v1/groups`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GroupsResponse {
     pub groups: Vec<Group>,
 }
 
 /// `POST /v1/ws/ticket`: a single-use ticket for a browser's WebSocket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct WsTicket {
     pub ticket: String,
     pub expires_in: u64,
@@ -325,7 +351,8 @@ pub enum ClientMessage {
 
 impl ClientMessage {
     pub fn decode(text: &str) -> Result<Self, Error> {
-        serde_json::from_str(text).map_err(|e| Error::bad_request(format!("malformed message: {e}")))
+        serde_json::from_str(text)
+            .map_err(|e| Error::bad_request(format!("malformed message: {e}")))
     }
 }
 

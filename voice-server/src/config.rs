@@ -28,6 +28,8 @@ pub struct Config {
     pub store: SqliteOptions,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub ws: WsConfig,
+    pub events: EventsConfig,
 }
 
 impl Default for Config {
@@ -39,6 +41,8 @@ impl Default for Config {
             store: SqliteOptions::default(),
             auth: AuthConfig::default(),
             limits: LimitsConfig::default(),
+            ws: WsConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 }
@@ -181,6 +185,22 @@ pub struct LimitsConfig {
     pub max_body_bytes: usize,
     /// Seconds in-flight requests get to finish at shutdown.
     pub shutdown_grace_secs: u64,
+    /// Largest message body, in bytes of UTF-8.
+    pub max_message_bytes: usize,
+    /// Longest `client_id` of a message.
+    pub max_client_id_bytes: usize,
+    /// Most members of a group, owner included.
+    pub max_group_members: usize,
+    /// Longest group name, in characters.
+    pub max_group_name_chars: usize,
+    /// Messages (and typing notices) a user may send per second, on
+    /// average, and in a burst.
+    pub messages_per_second: u32,
+    pub messages_burst: u32,
+    /// Most users one search returns.
+    pub max_search_results: u32,
+    /// Largest history page.
+    pub max_history_page: u32,
 }
 
 impl Default for LimitsConfig {
@@ -188,6 +208,77 @@ impl Default for LimitsConfig {
         Self {
             max_body_bytes: 64 * 1024,
             shutdown_grace_secs: 10,
+            max_message_bytes: 16 * 1024,
+            max_client_id_bytes: 128,
+            max_group_members: 256,
+            max_group_name_chars: 100,
+            messages_per_second: 20,
+            messages_burst: 50,
+            max_search_results: 20,
+            max_history_page: 200,
+        }
+    }
+}
+
+/// WebSocket connections.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WsConfig {
+    /// Events that may wait for one connection. A connection whose queue
+    /// overflows is closed with code 4008 and resumes later with `since`.
+    pub outbound_queue: usize,
+    /// Milliseconds one write to a connection may take before the
+    /// connection counts as stuck and is dropped.
+    pub send_timeout_ms: u64,
+    /// Bytes the server buffers for one connection's socket.
+    pub max_write_buffer_bytes: usize,
+    /// Largest inbound message (and frame), in bytes.
+    pub max_inbound_bytes: usize,
+    /// Seconds between pings.
+    pub ping_interval_secs: u64,
+    /// Seconds without any inbound traffic (pongs included) after which a
+    /// connection is closed.
+    pub idle_timeout_secs: u64,
+    /// Lifetime of a browser's single-use connection ticket.
+    pub ticket_ttl_secs: u64,
+    /// Upper bound on unredeemed tickets.
+    pub max_tickets: usize,
+    /// Events read from the store per batch while replaying `since`.
+    pub replay_batch: u32,
+}
+
+impl Default for WsConfig {
+    fn default() -> Self {
+        Self {
+            outbound_queue: 512,
+            send_timeout_ms: 5_000,
+            max_write_buffer_bytes: 1024 * 1024,
+            max_inbound_bytes: 64 * 1024,
+            ping_interval_secs: 20,
+            idle_timeout_secs: 60,
+            ticket_ttl_secs: 30,
+            max_tickets: 10_000,
+            replay_batch: 500,
+        }
+    }
+}
+
+/// The per-user event log kept for reconnecting devices.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EventsConfig {
+    /// How long events are kept for replay. A device away longer gets
+    /// `resync_required`.
+    pub retention_secs: u64,
+    /// How often old events are pruned.
+    pub prune_interval_secs: u64,
+}
+
+impl Default for EventsConfig {
+    fn default() -> Self {
+        Self {
+            retention_secs: 7 * 24 * 3600,
+            prune_interval_secs: 3600,
         }
     }
 }

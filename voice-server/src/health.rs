@@ -1,19 +1,20 @@
 //! Liveness and readiness probes.
 
-use axum::Router;
-use axum::routing::get;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use voice_core::wire::Health;
 
 use crate::error::{ApiResult, Json};
 use crate::state::AppState;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
 }
 
 /// The process is up and serving.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = Health)))]
 async fn healthz() -> Json<Health> {
     Json(Health {
         status: "ok".into(),
@@ -21,6 +22,7 @@ async fn healthz() -> Json<Health> {
 }
 
 /// The database answers; 503 otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses((status = 200, body = Health), (status = 503, body = voice_core::wire::ErrorBody)))]
 async fn readyz(
     axum::extract::State(state): axum::extract::State<AppState>,
 ) -> ApiResult<Json<Health>> {

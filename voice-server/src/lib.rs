@@ -11,22 +11,35 @@
 //! - [`rate_limit`]: per-IP limits on the auth endpoints.
 
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod error;
+pub mod friends;
+pub mod groups;
 pub mod health;
+pub mod messages;
+pub mod notify;
+mod one_shot;
+pub mod openapi;
+pub mod presence;
 pub mod rate_limit;
 pub mod state;
+pub mod users;
+pub mod ws;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
+use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use voice_core::auth::IdentityProvider;
 use voice_store::SqliteStore;
 
@@ -46,14 +59,36 @@ pub enum StartupError {
     Provider(String),
 }
 
+/// The routes and their OpenAPI document, before state and layers.
+fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .merge(health::router())
+        .merge(auth::router(state.clone()))
+        .merge(users::router())
+        .merge(friends::router())
+        .merge(messages::router())
+        .merge(groups::router())
+        .merge(ws::router())
+        .routes(routes!(openapi::openapi_json))
+        .split_for_parts()
+}
+
+/// The OpenAPI document of [`app`].
+pub fn openapi_document(state: &AppState) -> utoipa::openapi::OpenApi {
+    routes(state).1
+}
+
 /// The whole HTTP API.
 pub fn app(state: AppState) -> Router {
     let max_body = state.config.limits.max_body_bytes;
-    Router::new()
-        .merge(health::router())
-        .merge(auth::router(state.clone()))
+    let (router, document) = routes(&state);
+    let document = openapi::OpenApiJson(Arc::new(
+        document.to_json().expect("the OpenAPI document serializes"),
+    ));
+    router
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(Extension(document))
         .layer(DefaultBodyLimit::max(max_body))
         .layer(
             // Paths only: query strings carry authorization and login codes.
@@ -95,7 +130,12 @@ impl Server {
         let db_path = config.data_dir.join("voice.db");
         let store =
             SqliteStore::open(&db_path, config.store.clone()).map_err(StartupError::Store)?;
-        let state = AppState::new(config, Arc::new(store.clone()), provider)?;
+        let state = AppState::new(
+            config,
+            Arc::new(store.clone()),
+            provider,
+            Arc::new(bus::LocalBus::new()),
+        )?;
         if state.dev_login {
             tracing::warn!(
                 "DEV SIGN-IN IS ON: anyone who can reach this server can sign in as any user name. \
@@ -133,10 +173,32 @@ impl Server {
             }
         });
 
+        let store = self.state.store.clone();
+        let retention = time::Duration::seconds(self.state.config.events.retention_secs as i64);
+        let prune_every = Duration::from_secs(self.state.config.events.prune_interval_secs.max(1));
+        let pruner = tokio::spawn(async move {
+            let mut interval = tokio::time::interval(prune_every);
+            loop {
+                interval.tick().await;
+                match store
+                    .prune_events(time::OffsetDateTime::now_utc() - retention)
+                    .await
+                {
+                    Ok(0) => {}
+                    Ok(pruned) => tracing::info!(pruned, "pruned old events"),
+                    Err(error) => tracing::warn!(%error, "pruning events failed"),
+                }
+            }
+        });
+
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
+        let connections = self.state.shutdown.clone();
         let shutdown = async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight requests");
+            // Upgraded WebSocket connections are not in-flight requests:
+            // they are told to close themselves.
+            connections.send_replace(true);
             let _ = stopping_tx.send(());
         };
         let service = app(self.state).into_make_service_with_connect_info::<SocketAddr>();
@@ -153,6 +215,7 @@ impl Server {
             }
         };
         sweeper.abort();
+        pruner.abort();
         self.store.close().await;
         tracing::info!("database closed");
         result

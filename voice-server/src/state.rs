@@ -3,18 +3,23 @@
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use voice_core::UserId;
 use voice_core::auth::IdentityProvider;
+use voice_core::bus::EventBus;
 use voice_core::store::Store;
 
 use crate::StartupError;
+use crate::auth::AuthUser;
 use crate::auth::allowlist::{RedirectPolicy, UserAllowlist};
 use crate::auth::flows::AuthFlows;
 use crate::auth::tokens::{ServerSecret, Tokens};
 use crate::config::Config;
+use crate::one_shot::OneShotMap;
+use crate::presence::PresenceTracker;
 
 /// Shared by all handlers; cheap to clone.
 #[derive(Clone)]
@@ -32,6 +37,16 @@ pub struct AppState {
     pub dev_login: bool,
     /// Per-IP limiter for the auth endpoints.
     pub auth_limiter: Arc<DefaultKeyedRateLimiter<IpAddr>>,
+    /// Per-user limiter for messages and typing notices.
+    pub message_limiter: Arc<DefaultKeyedRateLimiter<UserId>>,
+    /// Carries events to connected devices.
+    pub bus: Arc<dyn EventBus>,
+    pub presence: Arc<PresenceTracker>,
+    /// Single-use WebSocket tickets for browsers, by hash.
+    pub ws_tickets: Arc<Mutex<OneShotMap<[u8; 32], AuthUser>>>,
+    /// Turns true when the server starts shutting down, so long-lived
+    /// connections close themselves.
+    pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl AppState {
@@ -39,6 +54,7 @@ impl AppState {
         config: Config,
         store: Arc<dyn Store>,
         provider: Option<Arc<dyn IdentityProvider>>,
+        bus: Arc<dyn EventBus>,
     ) -> Result<Self, StartupError> {
         let auth = &config.auth;
         let dev_login = decide_dev_login(&config, provider.is_some())?;
@@ -77,13 +93,31 @@ impl AppState {
             Duration::from_secs(auth.pending_login_ttl_secs),
             Duration::from_secs(auth.login_code_ttl_secs),
         );
-        let per_minute = NonZeroU32::new(auth.rate_limit_per_minute).ok_or_else(|| {
-            StartupError::Config("auth.rate_limit_per_minute must be at least 1".into())
-        })?;
-        let burst = NonZeroU32::new(auth.rate_limit_burst).ok_or_else(|| {
-            StartupError::Config("auth.rate_limit_burst must be at least 1".into())
-        })?;
-        let auth_limiter = RateLimiter::keyed(Quota::per_minute(per_minute).allow_burst(burst));
+        let auth_limiter = RateLimiter::keyed(
+            Quota::per_minute(at_least_one(
+                auth.rate_limit_per_minute,
+                "auth.rate_limit_per_minute",
+            )?)
+            .allow_burst(at_least_one(
+                auth.rate_limit_burst,
+                "auth.rate_limit_burst",
+            )?),
+        );
+        let limits = &config.limits;
+        let message_limiter = RateLimiter::keyed(
+            Quota::per_second(at_least_one(
+                limits.messages_per_second,
+                "limits.messages_per_second",
+            )?)
+            .allow_burst(at_least_one(
+                limits.messages_burst,
+                "limits.messages_burst",
+            )?),
+        );
+        let ws_tickets = OneShotMap::new(
+            config.ws.max_tickets,
+            Duration::from_secs(config.ws.ticket_ttl_secs),
+        );
 
         Ok(Self {
             config: Arc::new(config),
@@ -95,8 +129,17 @@ impl AppState {
             redirects: Arc::new(redirects),
             dev_login,
             auth_limiter: Arc::new(auth_limiter),
+            message_limiter: Arc::new(message_limiter),
+            bus,
+            presence: Arc::new(PresenceTracker::default()),
+            ws_tickets: Arc::new(Mutex::new(ws_tickets)),
+            shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
         })
     }
+}
+
+fn at_least_one(value: u32, name: &str) -> Result<NonZeroU32, StartupError> {
+    NonZeroU32::new(value).ok_or_else(|| StartupError::Config(format!("{name} must be at least 1")))
 }
 
 /// Dev sign-in hands a session to anyone who names a user, so it is only

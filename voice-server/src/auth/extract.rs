@@ -2,12 +2,13 @@
 //! request with a valid access token of a live session.
 
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use voice_core::auth::TokenIssuer;
 use voice_core::{Error, SessionId, UserId};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// The signed-in device a request acts for.
@@ -18,10 +19,35 @@ pub struct AuthUser {
 }
 
 /// The token of an `Authorization: Bearer <token>` header.
-pub fn bearer_token(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+impl AuthUser {
+    /// Checks an access token and that its session is still live.
+    pub async fn from_access_token(state: &AppState, token: &str) -> ApiResult<Self> {
+        let grant = state.tokens.verify_access(token)?;
+        let user = AuthUser {
+            user_id: grant.user_id,
+            session_id: grant.session_id,
+        };
+        user.ensure_live(state).await?;
+        Ok(user)
+    }
+
+    /// Fails unless the session is still live. A signed token outlives a
+    /// logout by up to its lifetime unless the session is checked, and a
+    /// logout should take effect at once.
+    pub async fn ensure_live(&self, state: &AppState) -> ApiResult<()> {
+        match state.store.get_session(self.session_id).await? {
+            Some(session) if session.revoked_at.is_none() && session.user_id == self.user_id => {
+                Ok(())
+            }
+            _ => Err(Error::unauthorized("the session has ended; sign in again").into()),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for AuthUser {
@@ -31,19 +57,8 @@ impl FromRequestParts<AppState> for AuthUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let token =
-            bearer_token(parts).ok_or_else(|| Error::unauthorized("missing bearer token"))?;
-        let grant = state.tokens.verify_access(token)?;
-        // A signed token outlives a logout by up to its lifetime unless the
-        // session is checked; a logout should take effect at once.
-        match state.store.get_session(grant.session_id).await? {
-            Some(session) if session.revoked_at.is_none() && session.user_id == grant.user_id => {
-                Ok(AuthUser {
-                    user_id: grant.user_id,
-                    session_id: grant.session_id,
-                })
-            }
-            _ => Err(Error::unauthorized("the session has ended; sign in again").into()),
-        }
+        let token = bearer_token(&parts.headers)
+            .ok_or_else(|| Error::unauthorized("missing bearer token"))?;
+        Self::from_access_token(state, token).await
     }
 }

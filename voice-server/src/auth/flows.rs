@@ -5,13 +5,14 @@
 //!
 //! Time is passed in, so tests need no sleeping.
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use url::Url;
 use voice_core::auth::PendingLogin;
 use voice_core::{Error, UserId};
+
+use crate::one_shot::OneShotMap;
 
 /// A sign-in sent to the provider and not yet back.
 #[derive(Debug)]
@@ -30,55 +31,6 @@ pub struct PendingSignIn {
 pub struct LoginGrant {
     pub user_id: UserId,
     pub client_challenge: String,
-}
-
-struct Expiring<T> {
-    value: T,
-    expires_at: Instant,
-}
-
-/// A bounded map whose entries expire and are taken at most once.
-struct OneShotMap<K, V> {
-    entries: HashMap<K, Expiring<V>>,
-    capacity: usize,
-    ttl: Duration,
-}
-
-impl<K: std::hash::Hash + Eq, V> OneShotMap<K, V> {
-    fn new(capacity: usize, ttl: Duration) -> Self {
-        Self {
-            entries: HashMap::new(),
-            capacity,
-            ttl,
-        }
-    }
-
-    fn insert(&mut self, key: K, value: V, now: Instant) -> Result<(), Error> {
-        if self.entries.len() >= self.capacity {
-            self.entries.retain(|_, entry| entry.expires_at > now);
-        }
-        if self.entries.len() >= self.capacity {
-            return Err(Error::rate_limited(
-                "too many sign-ins in progress; try again shortly",
-            ));
-        }
-        self.entries.insert(
-            key,
-            Expiring {
-                value,
-                expires_at: now + self.ttl,
-            },
-        );
-        Ok(())
-    }
-
-    /// Removes the entry; returns it only if it has not expired.
-    fn take(&mut self, key: &K, now: Instant) -> Option<V> {
-        self.entries
-            .remove(key)
-            .filter(|entry| entry.expires_at > now)
-            .map(|entry| entry.value)
-    }
 }
 
 /// Both kinds of in-flight sign-in state.
@@ -118,7 +70,7 @@ impl AuthFlows {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding the lock leaves plain data behind, still valid.
     mutex
         .lock()

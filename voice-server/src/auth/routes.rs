@@ -12,20 +12,22 @@
 
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::{get, post};
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 use tower_http::set_header::SetResponseHeaderLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use uuid::Uuid;
 use voice_core::auth::TokenIssuer;
 use voice_core::model::{Identity, RefreshToken, Session, SpendOutcome};
-use voice_core::wire::{DevLoginRequest, Me, RefreshRequest, TokenRequest, TokenResponse};
+use voice_core::wire::{
+    DevLoginRequest, ErrorBody, Me, RefreshRequest, TokenRequest, TokenResponse,
+};
 use voice_core::{Error, SessionId, UserId};
 
 use super::extract::AuthUser;
@@ -42,7 +44,7 @@ pub const DEV_ISSUER: &str = "voice-dev";
 /// Longest client `state` echoed back with a login code.
 const MAX_CLIENT_STATE: usize = 512;
 
-pub fn router(state: AppState) -> Router<AppState> {
+pub fn router(state: AppState) -> OpenApiRouter<AppState> {
     let no_store = SetResponseHeaderLayer::overriding(
         header::CACHE_CONTROL,
         HeaderValue::from_static("no-store"),
@@ -51,21 +53,25 @@ pub fn router(state: AppState) -> Router<AppState> {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    let limited = Router::new()
-        .route("/v1/auth/login", get(login))
-        .route("/v1/auth/callback", get(callback).layer(no_referrer))
-        .route("/v1/auth/token", post(token))
-        .route("/v1/auth/refresh", post(refresh))
-        .route("/v1/auth/dev-login", post(dev_login))
+    let callback = OpenApiRouter::new()
+        .routes(routes!(callback))
+        .layer(no_referrer);
+    let limited = OpenApiRouter::new()
+        .routes(routes!(login))
+        .merge(callback)
+        .routes(routes!(token))
+        .routes(routes!(refresh))
+        .routes(routes!(dev_login))
         .route_layer(middleware::from_fn_with_state(state, limit_by_ip));
-    Router::new()
+    OpenApiRouter::new()
         .merge(limited)
-        .route("/v1/auth/logout", post(logout))
-        .route("/v1/me", get(me))
+        .routes(routes!(logout))
+        .routes(routes!(me))
         .layer(no_store)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct LoginQuery {
     redirect_uri: String,
     code_challenge: String,
@@ -73,6 +79,11 @@ struct LoginQuery {
     state: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/auth/login", tag = "auth", params(LoginQuery),
+    description = "Starts a sign-in: sends the browser to the identity provider.",
+    responses((status = 303, description = "Redirect to the provider"),
+        (status = 400, body = ErrorBody), (status = 403, description = "redirect_uri not allowed", body = ErrorBody),
+        (status = 404, description = "No provider configured", body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn login(
     State(state): State<AppState>,
     Query(query): Query<LoginQuery>,
@@ -112,13 +123,18 @@ async fn login(
     Ok(Redirect::to(&start.authorize_url).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct CallbackQuery {
     code: Option<String>,
     state: Option<String>,
     error: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/auth/callback", tag = "auth", params(CallbackQuery),
+    description = "Where the provider returns the browser. Verifies the ID token, applies the allowlist and redirects to the client's redirect_uri with a one-time login code.",
+    responses((status = 303, description = "Redirect to the client with `code` and `state`"),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "Not allowlisted", body = ErrorBody)))]
 async fn callback(
     State(state): State<AppState>,
     Query(query): Query<CallbackQuery>,
@@ -186,6 +202,9 @@ fn is_valid_verifier(verifier: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
 }
 
+#[utoipa::path(post, path = "/v1/auth/token", tag = "auth", request_body = TokenRequest,
+    description = "Redeems a login code with the PKCE verifier.",
+    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn token(
     State(state): State<AppState>,
     Json(request): Json<TokenRequest>,
@@ -259,6 +278,9 @@ fn token_response(access_token: String, expires_in: u64, refresh_token: String) 
     }
 }
 
+#[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
+    description = "Rotates a refresh token. Reuse of a spent token revokes the session.",
+    responses((status = 200, body = TokenResponse), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn refresh(
     State(state): State<AppState>,
     Json(request): Json<RefreshRequest>,
@@ -327,6 +349,8 @@ async fn is_lost_response_retry(
     Ok(successor_unused && session_live)
 }
 
+#[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
+    responses((status = 204, description = "The session ended"), (status = 401, body = ErrorBody)))]
 async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
     state
         .store
@@ -335,6 +359,8 @@ async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<Stat
     Ok(StatusCode::NO_CONTENT)
 }
 
+#[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
 async fn me(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<Me>> {
     let found = state
         .store
@@ -356,6 +382,9 @@ fn is_valid_username(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
 }
 
+#[utoipa::path(post, path = "/v1/auth/dev-login", tag = "auth", request_body = DevLoginRequest,
+    description = "Dev sign-in: only on a loopback server without a provider.",
+    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody), (status = 404, description = "Dev sign-in is off", body = ErrorBody), (status = 429, body = ErrorBody)))]
 async fn dev_login(
     State(state): State<AppState>,
     Json(request): Json<DevLoginRequest>,

@@ -1,0 +1,406 @@
+//! The WebSocket: `GET /v1/ws`, one per device.
+//!
+//! Authenticated at the upgrade: `Authorization: Bearer` for native
+//! clients, or a single-use ticket from `POST /v1/ws/ticket` as `?ticket=`
+//! for browsers (which cannot set headers on a WebSocket), so no access
+//! token is ever put in a URL. A request with an `Origin` header (every
+//! browser sends one) must come from an allowed web origin.
+//!
+//! With `?since=<seq>` the device first gets its stored events after
+//! `seq`, in order, then live ones, without duplicates; if some were
+//! pruned it gets `resync_required` instead. A device that cannot keep up
+//! is closed with code 4008 and resumes later with `since`.
+//!
+//! Close codes: 1001 server shutting down; 1009 inbound message too large;
+//! 1011 server error; 4002 idle (no traffic, pongs included, for
+//! `ws.idle_timeout_secs`); 4008 slow consumer (its queue of
+//! `ws.outbound_queue` events overflowed).
+
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::http::header::ORIGIN;
+use axum::response::Response;
+use serde::Deserialize;
+use time::OffsetDateTime;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use voice_core::bus::SubscriptionEnd;
+use voice_core::model::FriendStatus;
+use voice_core::wire::{ClientMessage, ErrorBody, Event, Presence, Replay, ServerEvent, WsTicket};
+use voice_core::{Error, UserId};
+
+use crate::auth::AuthUser;
+use crate::auth::extract::bearer_token;
+use crate::auth::flows::lock;
+use crate::auth::tokens::{hash_token, random_token};
+use crate::error::{ApiError, ApiResult, Json, Query};
+use crate::messages::{can_send, check_message_rate, participants};
+use crate::notify::publish_ephemeral;
+use crate::state::AppState;
+
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_TOO_LARGE: u16 = 1009;
+pub const CLOSE_SERVER_ERROR: u16 = 1011;
+pub const CLOSE_IDLE: u16 = 4002;
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+const TICKET_PREFIX: &str = "vwt_";
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(issue_ticket))
+        .routes(routes!(upgrade))
+}
+
+#[utoipa::path(post, path = "/v1/ws/ticket", tag = "events", security(("bearer" = [])),
+    description = "A single-use, short-lived ticket for a browser's WebSocket (`/v1/ws?ticket=`).",
+    responses((status = 200, body = WsTicket), (status = 401, body = ErrorBody), (status = 429, body = ErrorBody)))]
+async fn issue_ticket(State(state): State<AppState>, user: AuthUser) -> ApiResult<Json<WsTicket>> {
+    let ticket = random_token(TICKET_PREFIX);
+    lock(&state.ws_tickets).insert(hash_token(&ticket), user, Instant::now())?;
+    Ok(Json(WsTicket {
+        ticket,
+        expires_in: state.config.ws.ticket_ttl_secs,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+struct ConnectQuery {
+    ticket: Option<String>,
+    since: Option<u64>,
+}
+
+#[utoipa::path(get, path = "/v1/ws", tag = "events", security(("bearer" = [])), params(ConnectQuery),
+    description = "The event WebSocket. Authenticate with `Authorization: Bearer` or `?ticket=`; `?since=<seq>` replays stored events first. Events and close codes: docs/PROTOCOL.md.",
+    responses((status = 101, description = "Switching protocols"), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, description = "Origin not allowed", body = ErrorBody)))]
+async fn upgrade(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<ConnectQuery>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> ApiResult<Response> {
+    if let Some(origin) = headers.get(ORIGIN) {
+        let allowed = origin
+            .to_str()
+            .is_ok_and(|origin| state.redirects.is_web_origin(origin));
+        if !allowed {
+            return Err(Error::forbidden("this origin may not connect").into());
+        }
+    }
+    let user = match (&query.ticket, bearer_token(&headers)) {
+        (Some(ticket), _) => {
+            let user = lock(&state.ws_tickets)
+                .take(&hash_token(ticket), Instant::now())
+                .ok_or_else(|| Error::unauthorized("invalid, used or expired ticket"))?;
+            user.ensure_live(&state).await?;
+            user
+        }
+        (None, Some(token)) => AuthUser::from_access_token(&state, token).await?,
+        (None, None) => return Err(Error::unauthorized("missing bearer token or ticket").into()),
+    };
+    let upgrade = upgrade.map_err(|rejection| {
+        ApiError::new(voice_core::ErrorCode::BadRequest, rejection.body_text())
+    })?;
+    let ws = &state.config.ws;
+    Ok(upgrade
+        .max_message_size(ws.max_inbound_bytes)
+        .max_frame_size(ws.max_inbound_bytes)
+        .max_write_buffer_size(ws.max_write_buffer_bytes)
+        .on_upgrade(move |socket| connection(state, user, query.since, socket)))
+}
+
+/// Why a connection is ending, and what the device is told.
+struct Close {
+    code: u16,
+    reason: &'static str,
+}
+
+/// Lives as long as one device's connection.
+async fn connection(state: AppState, user: AuthUser, since: Option<u64>, socket: WebSocket) {
+    let mut link = Link {
+        socket,
+        send_timeout: Duration::from_millis(state.config.ws.send_timeout_ms),
+    };
+    let subscription = match state
+        .bus
+        .subscribe(user.user_id, state.config.ws.outbound_queue)
+        .await
+    {
+        Ok(subscription) => subscription,
+        Err(error) => {
+            tracing::error!(%error, "cannot subscribe a connection to the bus");
+            link.close(CLOSE_SERVER_ERROR, "server error").await;
+            return;
+        }
+    };
+    if state.presence.connect(user.user_id) {
+        announce_presence(&state, user.user_id, true, None).await;
+    }
+    let close = serve(&state, user, since, &mut link, subscription).await;
+    if let Some(close) = close {
+        link.close(close.code, close.reason).await;
+    }
+    if state.presence.disconnect(user.user_id) {
+        let now = OffsetDateTime::now_utc();
+        if let Err(error) = state.store.set_last_seen(user.user_id, now).await {
+            tracing::warn!(%error, "cannot record last seen");
+        }
+        announce_presence(&state, user.user_id, false, Some(now)).await;
+    }
+}
+
+/// Tells the user's friends that they came online or went offline.
+async fn announce_presence(
+    state: &AppState,
+    user: UserId,
+    online: bool,
+    last_seen_at: Option<OffsetDateTime>,
+) {
+    let friends = match state.store.list_friends(user).await {
+        Ok(friends) => friends,
+        Err(error) => {
+            tracing::warn!(%error, "cannot list friends for presence");
+            return;
+        }
+    };
+    let event = Event::PresenceChanged {
+        user_id: user,
+        presence: Presence {
+            online,
+            last_seen_at,
+        },
+    };
+    let events = friends
+        .into_iter()
+        .filter(|friend| friend.status == FriendStatus::Accepted)
+        .map(|friend| (friend.user_id, event.clone()))
+        .collect();
+    publish_ephemeral(state, events).await;
+}
+
+/// The socket with a bound on how long one write may take: a device that
+/// stops reading must not hold its task forever.
+struct Link {
+    socket: WebSocket,
+    send_timeout: Duration,
+}
+
+impl Link {
+    async fn send(&mut self, event: &ServerEvent) -> Result<(), ()> {
+        self.send_message(Message::Text(event.encode().into()))
+            .await
+    }
+
+    async fn send_message(&mut self, message: Message) -> Result<(), ()> {
+        match tokio::time::timeout(self.send_timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn close(&mut self, code: u16, reason: &'static str) {
+        let frame = CloseFrame {
+            code,
+            reason: reason.into(),
+        };
+        let _ = self.send_message(Message::Close(Some(frame))).await;
+    }
+
+    async fn send_error(&mut self, error: Error) -> Result<(), ()> {
+        self.send(&ServerEvent::new(None, Event::Error { error }))
+            .await
+    }
+}
+
+/// Replays, then relays live events and handles what the device sends,
+/// until the connection should end. Returns the close to send, if any.
+async fn serve(
+    state: &AppState,
+    user: AuthUser,
+    since: Option<u64>,
+    link: &mut Link,
+    mut subscription: Box<dyn voice_core::bus::Subscription>,
+) -> Option<Close> {
+    let server_error = Close {
+        code: CLOSE_SERVER_ERROR,
+        reason: "server error",
+    };
+    // Subscribed before replaying: an event stored during the replay is
+    // either replayed or arrives live, and `last_seq` drops the repeat.
+    let mut last_seq = match since {
+        Some(since) => match replay(state, user.user_id, since, link).await {
+            Ok(Some(seq)) => Some(seq),
+            Ok(None) => return None,
+            Err(()) => return Some(server_error),
+        },
+        None => None,
+    };
+
+    let config = &state.config.ws;
+    let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
+    let mut ping = tokio::time::interval(Duration::from_secs(config.ping_interval_secs));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
+    let mut last_heard = Instant::now();
+    let mut shutdown = state.shutdown.subscribe();
+
+    loop {
+        tokio::select! {
+            event = subscription.next() => match event {
+                Ok(event) => {
+                    if let (Some(seq), Some(last)) = (event.seq, last_seq)
+                        && seq <= last
+                    {
+                        continue;
+                    }
+                    if event.seq.is_some() {
+                        last_seq = event.seq;
+                    }
+                    if link.send(&event).await.is_err() {
+                        return None;
+                    }
+                }
+                Err(SubscriptionEnd::Lagged) => {
+                    return Some(Close { code: CLOSE_SLOW_CONSUMER, reason: "too slow: reconnect with since" });
+                }
+                Err(SubscriptionEnd::Closed) => {
+                    return Some(Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" });
+                }
+            },
+            incoming = link.socket.recv() => {
+                last_heard = Instant::now();
+                match incoming {
+                    None | Some(Ok(Message::Close(_))) => return None,
+                    Some(Err(error)) => {
+                        tracing::debug!(%error, "WebSocket read failed");
+                        return Some(Close { code: CLOSE_TOO_LARGE, reason: "message too large or malformed frame" });
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        if handle_client_message(state, user, text.as_str(), link).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Some(Ok(Message::Binary(_))) => {
+                        if link.send_error(Error::bad_request("binary messages are not understood; send JSON text")).await.is_err() {
+                            return None;
+                        }
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > idle_timeout {
+                    return Some(Close { code: CLOSE_IDLE, reason: "idle" });
+                }
+                if link.send_message(Message::Ping(Vec::new().into())).await.is_err() {
+                    return None;
+                }
+            }
+            _ = stopping(&mut shutdown) => {
+                return Some(Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" });
+            }
+        }
+    }
+}
+
+/// Completes once the server starts shutting down.
+async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+    // The guard `wait_for` returns is dropped here, before any await.
+    let _ = shutdown.wait_for(|stopping| *stopping).await.map(|_| ());
+}
+
+/// Sends the stored events after `since`; returns the last `seq` sent (or
+/// the one to continue from after a resync), `None` if the device left.
+async fn replay(
+    state: &AppState,
+    user: UserId,
+    since: u64,
+    link: &mut Link,
+) -> Result<Option<u64>, ()> {
+    let batch = state.config.ws.replay_batch.max(1);
+    let mut cursor = since;
+    loop {
+        let replay = state
+            .store
+            .events_since(user, cursor, batch)
+            .await
+            .map_err(|error| {
+                tracing::error!(%error, "replaying events failed");
+            })?;
+        match replay {
+            Replay::Events(events) => {
+                for delivery in &events {
+                    if link.send(&delivery.to_server_event()).await.is_err() {
+                        return Ok(None);
+                    }
+                    cursor = delivery.seq;
+                }
+                if events.len() < batch as usize {
+                    return Ok(Some(cursor));
+                }
+            }
+            Replay::ResyncRequired { latest_seq } => {
+                let event = Event::ResyncRequired {
+                    reason: format!(
+                        "events after {since} are no longer kept; reload and continue from {latest_seq}"
+                    ),
+                    latest_seq,
+                };
+                if link.send(&ServerEvent::new(None, event)).await.is_err() {
+                    return Ok(None);
+                }
+                return Ok(Some(latest_seq));
+            }
+        }
+    }
+}
+
+/// Handles one text message from the device. Bad input gets an error
+/// event; only a failed write ends the connection.
+async fn handle_client_message(
+    state: &AppState,
+    user: AuthUser,
+    text: &str,
+    link: &mut Link,
+) -> Result<(), ()> {
+    let outcome = async {
+        match ClientMessage::decode(text)? {
+            ClientMessage::Typing { conversation } => {
+                check_message_rate(state, user.user_id).map_err(|e| e.0)?;
+                if !can_send(state, user.user_id, conversation)
+                    .await
+                    .map_err(|e| e.0)?
+                {
+                    return Err(Error::forbidden("you cannot write in this conversation"));
+                }
+                let others = participants(state, conversation)
+                    .await
+                    .map_err(|e| e.0)?
+                    .into_iter()
+                    .filter(|other| *other != user.user_id)
+                    .map(|other| {
+                        (
+                            other,
+                            Event::Typing {
+                                conversation,
+                                user_id: user.user_id,
+                            },
+                        )
+                    })
+                    .collect();
+                publish_ephemeral(state, others).await;
+                Ok(())
+            }
+            _ => Err(Error::bad_request("unsupported message")),
+        }
+    }
+    .await;
+    match outcome {
+        Ok(()) => Ok(()),
+        Err(error) => link.send_error(error).await,
+    }
+}

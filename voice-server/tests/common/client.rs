@@ -1,0 +1,239 @@
+//! A small test client: a signed-in user (dev sign-in) speaking REST and
+//! WebSocket to a real server, with the assertions the messaging tests
+//! share.
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+use super::{TestServer, http};
+
+/// How long a test waits for an event it expects before failing. Not a
+/// timing assertion: only a bound so a broken server fails the test
+/// instead of hanging it.
+pub const EVENT_WAIT: Duration = Duration::from_secs(10);
+
+/// One device of a signed-in user.
+#[derive(Clone)]
+pub struct User {
+    pub base: String,
+    pub token: String,
+    pub id: String,
+    pub name: String,
+    client: reqwest::Client,
+}
+
+impl User {
+    /// Signs in (a new device each call) with dev sign-in.
+    pub async fn sign_in(server: &TestServer, name: &str) -> Self {
+        let client = http();
+        let tokens: Value = client
+            .post(server.url("/v1/auth/dev-login"))
+            .json(&json!({ "username": name }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = tokens["access_token"].as_str().unwrap().to_string();
+        let me: Value = client
+            .get(server.url("/v1/me"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        Self {
+            base: server.url(""),
+            token,
+            id: me["id"].as_str().unwrap().to_string(),
+            name: name.to_string(),
+            client,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}{}", self.base, path))
+            .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        let value = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> (u16, Value) {
+        self.call(reqwest::Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> (u16, Value) {
+        self.call(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Sends a direct message; returns the stored message.
+    pub async fn message(&self, to: &User, body: &str) -> Value {
+        let (status, message) = self
+            .post(
+                "/v1/messages",
+                json!({ "to": { "user": to.id }, "body": body }),
+            )
+            .await;
+        assert_eq!(status, 201, "{message}");
+        message
+    }
+
+    pub async fn group_message(&self, group: &str, body: &str) -> Value {
+        let (status, message) = self
+            .post(
+                "/v1/messages",
+                json!({ "to": { "group": group }, "body": body }),
+            )
+            .await;
+        assert_eq!(status, 201, "{message}");
+        message
+    }
+
+    /// Opens a WebSocket with the bearer header, optionally resuming.
+    pub async fn connect(&self, since: Option<u64>) -> Socket {
+        let mut url = format!("{}/v1/ws", self.base.replace("http://", "ws://"));
+        if let Some(since) = since {
+            url.push_str(&format!("?since={since}"));
+        }
+        let mut request = url.into_client_request().unwrap();
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {}", self.token).parse().unwrap(),
+        );
+        let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+        Socket { stream }
+    }
+}
+
+/// The id of the direct conversation between two users (lower id first).
+pub fn direct_conversation(a: &User, b: &User) -> String {
+    let (low, high) = if a.id <= b.id {
+        (&a.id, &b.id)
+    } else {
+        (&b.id, &a.id)
+    };
+    format!("d:{low}:{high}")
+}
+
+/// Makes two users friends.
+pub async fn befriend(a: &User, b: &User) {
+    let (status, body) = a
+        .post("/v1/friends/requests", json!({ "user_id": b.id }))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = b
+        .post(&format!("/v1/friends/requests/{}/accept", a.id), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+pub struct Socket {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// How a socket ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    Closed(Option<u16>),
+    Dropped,
+}
+
+impl Socket {
+    /// The next JSON event, skipping pings.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let message = tokio::time::timeout(EVENT_WAIT, self.stream.next())
+                .await
+                .expect("an event in time")
+                .expect("the socket is open")
+                .expect("a frame");
+            match message {
+                WsMessage::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next event of `kind`, skipping others (presence, typing).
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        loop {
+            let event = self.next_event().await;
+            if event["type"] == kind {
+                return event;
+            }
+        }
+    }
+
+    /// The next stored event (one with a `seq`), skipping ephemeral ones.
+    pub async fn next_stored(&mut self) -> Value {
+        loop {
+            let event = self.next_event().await;
+            if event.get("seq").is_some() {
+                return event;
+            }
+        }
+    }
+
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(WsMessage::Text(text.into()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_binary(&mut self, bytes: Vec<u8>) {
+        self.stream
+            .send(WsMessage::Binary(bytes.into()))
+            .await
+            .unwrap();
+    }
+
+    /// Reads until the server ends the connection; returns the close code
+    /// if it sent one.
+    pub async fn ended(&mut self) -> Ended {
+        loop {
+            match tokio::time::timeout(EVENT_WAIT, self.stream.next()).await {
+                Err(_) => panic!("the connection stayed open"),
+                Ok(None) | Ok(Some(Err(_))) => return Ended::Dropped,
+                Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                    return Ended::Closed(frame.map(|f| u16::from(f.code)));
+                }
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.stream.close(None).await;
+    }
+}
