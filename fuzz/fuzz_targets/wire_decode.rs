@@ -1,5 +1,6 @@
-//! Decoding WebSocket events from arbitrary bytes: never a panic, and
-//! whatever decodes re-encodes to something that decodes to the same event.
+//! Decoding what crosses the WebSocket from arbitrary bytes: server events
+//! and client messages never panic, and an event that decodes re-encodes
+//! to something that decodes to the same event.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -13,5 +14,6 @@ fuzz_target!(|data: &[u8]| {
         let again = ServerEvent::decode(&event.encode()).expect("re-encoded events decode");
         assert_eq!(again, event);
     }
+    let _ = voice_core::wire::ClientMessage::decode(text);
     let _ = text.parse::<voice_core::model::Conversation>();
 });

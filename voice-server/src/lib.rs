@@ -7,6 +7,10 @@
 //! - [`state`]: the shared state handlers see.
 //! - [`error`]: the one error type and JSON extractors.
 //! - [`auth`]: sign-in, tokens, the `AuthUser` extractor.
+//! - [`users`], [`friends`], [`messages`], [`groups`]: the REST API.
+//! - [`ws`]: the event WebSocket; [`notify`] and [`bus`] get events to it;
+//!   [`presence`] counts connections.
+//! - [`openapi`]: the OpenAPI document, served at `/v1/openapi.json`.
 //! - [`health`]: liveness and readiness.
 //! - [`rate_limit`]: per-IP limits on the auth endpoints.
 
