@@ -21,6 +21,9 @@ pub enum ErrorCode {
     NotFound,
     /// The request conflicts with the current state.
     Conflict,
+    /// What the request is about existed but is over (e.g. a call that
+    /// stopped ringing).
+    Gone,
     /// The request body or a field in it is larger than the configured limit.
     PayloadTooLarge,
     /// Too many requests; slow down.
@@ -40,6 +43,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
             ErrorCode::Conflict => 409,
+            ErrorCode::Gone => 410,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::RateLimited => 429,
             ErrorCode::Unavailable => 503,
@@ -54,6 +58,7 @@ impl ErrorCode {
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
             ErrorCode::Conflict => "conflict",
+            ErrorCode::Gone => "gone",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
@@ -99,6 +104,10 @@ impl Error {
         Self::new(ErrorCode::Conflict, message)
     }
 
+    pub fn gone(message: impl Into<String>) -> Self {
+        Self::new(ErrorCode::Gone, message)
+    }
+
     pub fn rate_limited(message: impl Into<String>) -> Self {
         Self::new(ErrorCode::RateLimited, message)
     }
@@ -129,6 +138,7 @@ mod tests {
             ErrorCode::Forbidden,
             ErrorCode::NotFound,
             ErrorCode::Conflict,
+            ErrorCode::Gone,
             ErrorCode::PayloadTooLarge,
             ErrorCode::RateLimited,
             ErrorCode::Unavailable,

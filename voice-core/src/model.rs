@@ -346,26 +346,76 @@ pub enum SpendOutcome {
     Invalid,
 }
 
-/// Where a call stands. The call state machine (a later issue) drives the
-/// transitions; this is the shared vocabulary.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// How a call ended, for history. Unanswered calls are `Missed` when they
+/// rang out and `Rejected`, `Cancelled` or `Busy` when someone said so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
-pub enum CallState {
-    Ringing,
-    Accepted,
-    Connected,
-    Ended,
+pub enum CallOutcome {
+    /// Answered, then hung up (or lost) after talking.
+    Answered,
+    /// Nobody answered before the ring timeout.
+    Missed,
+    Rejected,
+    /// The caller gave up while it rang.
+    Cancelled,
+    /// The callee was already in a call.
+    Busy,
+    /// It broke: a participant disappeared, or the server restarted.
+    Failed,
 }
 
-/// A call between two users.
+impl CallOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallOutcome::Answered => "answered",
+            CallOutcome::Missed => "missed",
+            CallOutcome::Rejected => "rejected",
+            CallOutcome::Cancelled => "cancelled",
+            CallOutcome::Busy => "busy",
+            CallOutcome::Failed => "failed",
+        }
+    }
+}
+
+impl FromStr for CallOutcome {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "answered" => CallOutcome::Answered,
+            "missed" => CallOutcome::Missed,
+            "rejected" => CallOutcome::Rejected,
+            "cancelled" => CallOutcome::Cancelled,
+            "busy" => CallOutcome::Busy,
+            "failed" => CallOutcome::Failed,
+            other => return Err(format!("unknown call outcome {other:?}")),
+        })
+    }
+}
+
+/// A call as history keeps it. `outcome` is `None` while the call is on.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Call {
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CallRecord {
     pub id: CallId,
     pub caller: UserId,
     pub callee: UserId,
-    pub state: CallState,
     #[serde(with = "time::serde::rfc3339")]
-    pub created_at: OffsetDateTime,
+    pub started_at: OffsetDateTime,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub answered_at: Option<OffsetDateTime>,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub ended_at: Option<OffsetDateTime>,
+    pub outcome: Option<CallOutcome>,
+    /// Why it ended, in words.
+    pub reason: Option<String>,
+}
+
+impl CallRecord {
+    /// Talk time: from answer to end.
+    pub fn duration_secs(&self) -> Option<i64> {
+        Some((self.ended_at? - self.answered_at?).whole_seconds())
+    }
 }
 
 #[cfg(test)]

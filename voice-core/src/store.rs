@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use time::OffsetDateTime;
 
 use crate::error::Result;
-use crate::ids::{GroupId, MessageId, SessionId, UserId};
+use crate::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use crate::model::{
-    Conversation, ConversationAccess, ConversationSummary, Friend, FriendStatus, Group,
+    CallOutcome, CallRecord, Conversation, ConversationAccess, ConversationSummary, Friend, FriendStatus, Group,
     GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert, NewMessage,
     RefreshToken, Session, SpendOutcome, User,
 };
@@ -221,10 +221,48 @@ pub trait GroupStore: Send + Sync {
     async fn list_user_groups(&self, user: UserId) -> Result<Vec<Group>>;
 }
 
+/// Call history. Calls themselves live in memory while they ring and run;
+/// the store keeps their record, so history survives and a restarted
+/// server can close the calls it lost.
+#[async_trait]
+pub trait CallStore: Send + Sync {
+    /// Records a call as it starts (`outcome: None`), or one already over
+    /// (a busy attempt).
+    async fn insert_call(&self, record: &CallRecord) -> Result<()>;
+
+    /// Records when the call was answered. Returns false for an unknown or
+    /// finished call.
+    async fn mark_call_answered(&self, id: CallId, at: OffsetDateTime) -> Result<bool>;
+
+    /// Records how the call ended. Returns false (and changes nothing) if
+    /// it was unknown or had already ended: the first ending wins.
+    async fn finish_call(
+        &self,
+        id: CallId,
+        outcome: CallOutcome,
+        reason: &str,
+        ended_at: OffsetDateTime,
+    ) -> Result<bool>;
+
+    async fn get_call(&self, id: CallId) -> Result<Option<CallRecord>>;
+
+    /// `user`'s calls (as caller or callee), newest first, started strictly
+    /// before `before` if given, at most `limit`.
+    async fn list_calls(
+        &self,
+        user: UserId,
+        before: Option<OffsetDateTime>,
+        limit: u32,
+    ) -> Result<Vec<CallRecord>>;
+
+    /// Calls without an outcome: after a restart, the ones that were lost.
+    async fn unfinished_calls(&self) -> Result<Vec<CallRecord>>;
+}
+
 /// Everything the server needs from persistence.
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + FriendStore + MessageStore + GroupStore + EventStore
+    UserStore + SessionStore + FriendStore + MessageStore + GroupStore + EventStore + CallStore
 {
     /// Succeeds when the database answers a query: the readiness probe.
     async fn ping(&self) -> Result<()>;

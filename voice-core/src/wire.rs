@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::error::Error;
-use crate::ids::{GroupId, MessageId, UserId};
+use crate::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use crate::model::{
-    Conversation, ConversationSummary, FriendStatus, Group, GroupMember, GroupRole, Message, User,
+    CallOutcome, Conversation, ConversationSummary, FriendStatus, Group, GroupMember, GroupRole, Message, User,
 };
 
 /// The version of the event protocol this crate speaks.
@@ -302,6 +302,45 @@ pub enum Event {
         conversation: Conversation,
         user_id: UserId,
     },
+    /// To every device of the callee: ring. Stored, so a device that comes
+    /// back later learns of it (and of how it ended).
+    #[serde(rename = "call.incoming")]
+    CallIncoming {
+        call_id: CallId,
+        caller: UserProfile,
+        #[serde(with = "time::serde::rfc3339")]
+        expires_at: OffsetDateTime,
+    },
+    /// To both users: `device` took the call.
+    #[serde(rename = "call.accepted")]
+    CallAccepted { call_id: CallId, device: SessionId },
+    /// To the callee's devices that did not take the call: stop ringing.
+    #[serde(rename = "call.answered_elsewhere")]
+    CallAnsweredElsewhere { call_id: CallId },
+    #[serde(rename = "call.rejected")]
+    CallRejected { call_id: CallId },
+    #[serde(rename = "call.cancelled")]
+    CallCancelled { call_id: CallId },
+    /// Nobody answered in time: a missed call.
+    #[serde(rename = "call.expired")]
+    CallExpired { call_id: CallId },
+    /// To the caller: the callee is in another call.
+    #[serde(rename = "call.busy")]
+    CallBusy { call_id: CallId, callee: UserId },
+    /// An answered call is over (hung up, or a participant was lost).
+    #[serde(rename = "call.ended")]
+    CallEnded {
+        call_id: CallId,
+        outcome: CallOutcome,
+        reason: String,
+    },
+    /// Signaling from the other participant's device, relayed unchanged.
+    #[serde(rename = "call.signal")]
+    CallSignal {
+        call_id: CallId,
+        from: SessionId,
+        payload: RawJson,
+    },
     /// The events after the client's `since` are no longer kept: reload
     /// state over REST, then continue from `seq`.
     #[serde(rename = "resync_required")]
@@ -339,23 +378,6 @@ pub enum Replay {
     ResyncRequired { latest_seq: u64 },
 }
 
-/// What a device sends over its WebSocket.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-#[non_exhaustive]
-pub enum ClientMessage {
-    /// The user is typing in a conversation; relayed, never stored.
-    #[serde(rename = "typing")]
-    Typing { conversation: Conversation },
-}
-
-impl ClientMessage {
-    pub fn decode(text: &str) -> Result<Self, Error> {
-        serde_json::from_str(text)
-            .map_err(|e| Error::bad_request(format!("malformed message: {e}")))
-    }
-}
-
 impl ServerEvent {
     pub fn new(seq: Option<u64>, event: Event) -> Self {
         Self {
@@ -382,6 +404,106 @@ impl ServerEvent {
             )));
         }
         Ok(event)
+    }
+}
+
+/// JSON kept exactly as it arrived, so what a device sends reaches its peer
+/// byte for byte (an SDP's DTLS fingerprint must not change on the way).
+#[derive(Clone, Debug)]
+pub struct RawJson(Box<serde_json::value::RawValue>);
+
+impl RawJson {
+    /// Wraps JSON text, checking only that it is JSON.
+    pub fn from_text(text: &str) -> Result<Self, Error> {
+        serde_json::value::RawValue::from_string(text.to_owned())
+            .map(Self)
+            .map_err(|e| Error::bad_request(format!("malformed JSON: {e}")))
+    }
+
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+}
+
+impl PartialEq for RawJson {
+    /// The same JSON, however it is spaced.
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+            || serde_json::from_str::<serde_json::Value>(self.get()).ok()
+                == serde_json::from_str::<serde_json::Value>(other.get()).ok()
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // Inside a tagged enum serde buffers the input, which a RawValue
+        // cannot borrow from; going through Value keeps the content (the
+        // server relays from ClientMessage::decode, which keeps the bytes).
+        let value = serde_json::Value::deserialize(deserializer)?;
+        serde_json::value::RawValue::from_string(value.to_string())
+            .map(Self)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// What a device sends over its WebSocket.
+#[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
+pub enum ClientMessage {
+    /// `{"type":"typing","conversation":…}`: relayed, never stored.
+    Typing { conversation: Conversation },
+    /// `{"type":"call.signal","call_id":…,"payload":{"sdp":…}|{"candidate":…}}`:
+    /// relayed to the other participant's device exactly as sent.
+    CallSignal { call_id: CallId, payload: RawJson },
+}
+
+impl ClientMessage {
+    pub fn decode(text: &str) -> Result<Self, Error> {
+        #[derive(Deserialize)]
+        struct Tag<'a> {
+            #[serde(rename = "type", borrow)]
+            kind: &'a str,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Typing {
+            #[serde(rename = "type")]
+            _kind: String,
+            conversation: Conversation,
+        }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct CallSignal<'a> {
+            #[serde(rename = "type")]
+            _kind: String,
+            call_id: CallId,
+            #[serde(borrow)]
+            payload: &'a serde_json::value::RawValue,
+        }
+        let malformed = |e: serde_json::Error| Error::bad_request(format!("malformed message: {e}"));
+        let tag: Tag<'_> = serde_json::from_str(text).map_err(malformed)?;
+        match tag.kind {
+            "typing" => {
+                let typing: Typing = serde_json::from_str(text).map_err(malformed)?;
+                Ok(ClientMessage::Typing {
+                    conversation: typing.conversation,
+                })
+            }
+            "call.signal" => {
+                let signal: CallSignal<'_> = serde_json::from_str(text).map_err(malformed)?;
+                Ok(ClientMessage::CallSignal {
+                    call_id: signal.call_id,
+                    payload: RawJson(signal.payload.to_owned()),
+                })
+            }
+            other => Err(Error::bad_request(format!("unknown message type {other:?}"))),
+        }
     }
 }
 
@@ -433,5 +555,20 @@ mod tests {
             ClientMessage::Typing { conversation }
         );
         assert!(ClientMessage::decode(r#"{"type":"nope"}"#).is_err());
+    }
+
+    #[test]
+    fn signal_payloads_keep_their_exact_bytes() {
+        let call = CallId::new();
+        let payload = r#"{ "sdp" : {"type":"offer","sdp":"v=0\r\na=fingerprint:sha-256 AB:CD\u0041"} }"#;
+        let text = format!(r#"{{"type":"call.signal","call_id":"{call}","payload":{payload}}}"#);
+        let ClientMessage::CallSignal { call_id, payload: raw } = ClientMessage::decode(&text).unwrap() else {
+            panic!("a call signal");
+        };
+        assert_eq!(call_id, call);
+        assert_eq!(raw.get(), payload);
+        let event = ServerEvent::new(None, Event::CallSignal { call_id, from: SessionId::new(), payload: raw });
+        assert!(event.encode().contains(payload));
+        assert!(ClientMessage::decode(&format!(r#"{{"type":"call.signal","call_id":"{call}"}}"#)).is_err());
     }
 }
