@@ -8,6 +8,8 @@
 
 pub mod auth;
 pub mod bus;
+pub mod call;
+pub mod call_queue;
 pub mod error;
 pub mod ids;
 pub mod model;
