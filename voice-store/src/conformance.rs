@@ -10,18 +10,18 @@
 //! Timestamps are whole milliseconds: the coarsest precision a backend may
 //! store, so values can be compared exactly after a round trip.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt::Debug;
 
 use time::{Duration, OffsetDateTime};
 use uuid::Uuid;
 use voice_core::ErrorCode;
 use voice_core::error::Result;
-use voice_core::ids::{GroupId, MessageId, SessionId, UserId};
+use voice_core::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use voice_core::model::{
-    Conversation, ConversationAccess, ConversationSummary, FriendStatus, Group, GroupRole,
-    Identity, Message, MessageDeletion, MessageInsert, NewMessage, RefreshToken, Session,
-    SpendOutcome, User,
+    CallOutcome, CallRecord, Conversation, ConversationAccess, ConversationSummary, FriendStatus,
+    Group, GroupRole, Identity, Message, MessageDeletion, MessageInsert, NewMessage, RefreshToken,
+    Session, SpendOutcome, User,
 };
 use voice_core::store::Store;
 use voice_core::wire::{Delivery, Event, Replay};
@@ -44,6 +44,8 @@ pub async fn run_all(store: &dyn Store) {
     groups(store).await;
     events(store).await;
     event_pruning(store).await;
+    calls(store).await;
+    call_history(store).await;
 }
 
 /// `ping` succeeds on a working store.
@@ -831,7 +833,7 @@ pub async fn messages(store: &dyn Store) {
         &Event::MessageDeleted {
             conversation: direct,
             message_id: victim.id,
-            seq: victim.seq,
+            message_seq: victim.seq,
         },
     )
     .await;
@@ -1598,6 +1600,324 @@ pub async fn event_pruning(store: &dyn Store) {
         .unwrap();
     assert_eq!(next[0].seq, 2);
     assert_eq!(replay(v, 1).await.unwrap(), Replay::Events(next));
+}
+
+/// A call's record through its life: recorded as it starts or already
+/// over, answered, ended once (the first ending wins, racing or not), and
+/// listed among the calls still on exactly while it has no outcome.
+///
+/// `unfinished_calls` is global: this looks only at the calls it made.
+pub async fn calls(store: &dyn Store) {
+    let t0 = now();
+    let [a, b, c] = [
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+    ];
+    let get = |id| async move { store.get_call(id).await.unwrap() };
+    let mut ours = HashSet::new();
+
+    // A call as it starts.
+    let ringing = call(a, b, t0);
+    ours.insert(ringing.id);
+    store.insert_call(&ringing).await.unwrap();
+    assert_eq!(get(ringing.id).await, Some(ringing.clone()));
+    assert_eq!(get(CallId::new()).await, None);
+    assert_code(
+        store
+            .insert_call(&CallRecord {
+                caller: c,
+                ..ringing.clone()
+            })
+            .await,
+        ErrorCode::Conflict,
+        "recording a call id twice",
+    );
+    assert_eq!(
+        get(ringing.id).await,
+        Some(ringing.clone()),
+        "the first record stays"
+    );
+    assert_code(
+        store.insert_call(&call(a, UserId::new(), t0)).await,
+        ErrorCode::NotFound,
+        "calling a user who does not exist",
+    );
+    assert_code(
+        store.insert_call(&call(UserId::new(), a, t0)).await,
+        ErrorCode::NotFound,
+        "a call from a user who does not exist",
+    );
+
+    // Answered: the call is still on.
+    let t1 = t0 + Duration::seconds(5);
+    assert!(store.mark_call_answered(ringing.id, t1).await.unwrap());
+    let answered = CallRecord {
+        answered_at: Some(t1),
+        ..ringing.clone()
+    };
+    assert_eq!(get(ringing.id).await, Some(answered.clone()));
+    assert!(
+        !store.mark_call_answered(CallId::new(), t1).await.unwrap(),
+        "answering an unknown call"
+    );
+
+    // Ended, once: a second ending changes nothing.
+    let t2 = t1 + Duration::minutes(3);
+    assert!(
+        store
+            .finish_call(ringing.id, CallOutcome::Answered, "hung up", t2)
+            .await
+            .unwrap()
+    );
+    let ended = CallRecord {
+        ended_at: Some(t2),
+        outcome: Some(CallOutcome::Answered),
+        reason: Some("hung up".to_owned()),
+        ..answered
+    };
+    assert_eq!(get(ringing.id).await, Some(ended.clone()));
+    let t3 = t2 + Duration::seconds(1);
+    assert!(
+        !store
+            .finish_call(ringing.id, CallOutcome::Failed, "server restarted", t3)
+            .await
+            .unwrap(),
+        "ending an ended call"
+    );
+    assert!(
+        !store.mark_call_answered(ringing.id, t3).await.unwrap(),
+        "answering an ended call"
+    );
+    assert_eq!(
+        get(ringing.id).await,
+        Some(ended.clone()),
+        "the first ending stays"
+    );
+    assert!(
+        !store
+            .finish_call(CallId::new(), CallOutcome::Missed, "no answer", t3)
+            .await
+            .unwrap(),
+        "ending an unknown call"
+    );
+
+    // Rang out: ended without ever being answered.
+    let unanswered = call(b, c, t0 + millis(1));
+    ours.insert(unanswered.id);
+    store.insert_call(&unanswered).await.unwrap();
+    assert!(
+        store
+            .finish_call(unanswered.id, CallOutcome::Missed, "no answer", t1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        get(unanswered.id).await,
+        Some(CallRecord {
+            ended_at: Some(t1),
+            outcome: Some(CallOutcome::Missed),
+            reason: Some("no answer".to_owned()),
+            ..unanswered
+        })
+    );
+
+    // Over before it began: a busy attempt is recorded finished, and
+    // stays as recorded.
+    let busy = CallRecord {
+        ended_at: Some(t0),
+        outcome: Some(CallOutcome::Busy),
+        reason: Some("in another call".to_owned()),
+        ..call(c, a, t0)
+    };
+    ours.insert(busy.id);
+    store.insert_call(&busy).await.unwrap();
+    assert_eq!(get(busy.id).await, Some(busy.clone()));
+    assert!(!store.mark_call_answered(busy.id, t1).await.unwrap());
+    assert!(
+        !store
+            .finish_call(busy.id, CallOutcome::Failed, "lost", t1)
+            .await
+            .unwrap()
+    );
+    assert_eq!(get(busy.id).await, Some(busy.clone()));
+
+    // Two endings racing: exactly one wins, and the record is all its.
+    let raced = call(a, c, t0);
+    ours.insert(raced.id);
+    store.insert_call(&raced).await.unwrap();
+    let (rejected, cancelled) = tokio::join!(
+        store.finish_call(raced.id, CallOutcome::Rejected, "declined", t1),
+        store.finish_call(raced.id, CallOutcome::Cancelled, "gave up", t2),
+    );
+    let (rejected, cancelled) = (rejected.unwrap(), cancelled.unwrap());
+    assert!(
+        rejected != cancelled,
+        "one ending wins: {rejected} {cancelled}"
+    );
+    let (outcome, reason, at) = if rejected {
+        (CallOutcome::Rejected, "declined", t1)
+    } else {
+        (CallOutcome::Cancelled, "gave up", t2)
+    };
+    assert_eq!(
+        get(raced.id).await,
+        Some(CallRecord {
+            ended_at: Some(at),
+            outcome: Some(outcome),
+            reason: Some(reason.to_owned()),
+            ..raced
+        })
+    );
+
+    // The calls still on are exactly those without an outcome, answered
+    // or not.
+    let on_answered = call(b, a, t0 + millis(2));
+    let on_ringing = call(c, b, t0 + millis(3));
+    for record in [&on_answered, &on_ringing] {
+        ours.insert(record.id);
+        store.insert_call(record).await.unwrap();
+    }
+    assert!(store.mark_call_answered(on_answered.id, t1).await.unwrap());
+    let on_answered = CallRecord {
+        answered_at: Some(t1),
+        ..on_answered
+    };
+    let unfinished = || async {
+        let mut mine: Vec<CallRecord> = store
+            .unfinished_calls()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|record| ours.contains(&record.id))
+            .collect();
+        mine.sort_by_key(|record| record.id);
+        mine
+    };
+    let mut expected = vec![on_answered.clone(), on_ringing.clone()];
+    expected.sort_by_key(|record| record.id);
+    assert_eq!(unfinished().await, expected);
+    assert!(
+        store
+            .finish_call(on_ringing.id, CallOutcome::Failed, "server restarted", t2)
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        unfinished().await,
+        vec![on_answered],
+        "an ended call is no longer on"
+    );
+}
+
+/// `list_calls`: a user's calls from either side, newest first, started
+/// strictly before `before`, at most `limit`, so that pages ending at the
+/// last start time follow on without gap or overlap.
+pub async fn call_history(store: &dyn Store) {
+    let t0 = now();
+    let [u, v, w, nobody] = [
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+    ];
+    // One call a minute; u is on either side, in runs, and not in the
+    // call between v and w. Some have ended, one before it began.
+    let sides = [
+        (u, v),
+        (v, u),
+        (w, u),
+        (u, w),
+        (v, w),
+        (u, v),
+        (u, w),
+        (w, u),
+    ];
+    let mut history = Vec::new();
+    for (minute, (caller, callee)) in (0..).zip(sides) {
+        let record = call(caller, callee, t0 + Duration::minutes(minute));
+        store.insert_call(&record).await.unwrap();
+        history.push(record);
+    }
+    let t9 = t0 + Duration::minutes(9);
+    store
+        .finish_call(history[0].id, CallOutcome::Answered, "hung up", t9)
+        .await
+        .unwrap();
+    let busy = CallRecord {
+        ended_at: Some(t9),
+        outcome: Some(CallOutcome::Busy),
+        reason: Some("busy".to_owned()),
+        ..call(v, u, t0 + Duration::minutes(8))
+    };
+    store.insert_call(&busy).await.unwrap();
+    history.push(busy);
+    // Newest first, as the store has them now.
+    let mut stored = Vec::new();
+    for record in history.iter().rev() {
+        stored.push(store.get_call(record.id).await.unwrap().unwrap());
+    }
+    let of = |user: UserId| -> Vec<CallRecord> {
+        stored
+            .iter()
+            .filter(|r| r.caller == user || r.callee == user)
+            .cloned()
+            .collect()
+    };
+    let list =
+        |user, before, limit| async move { store.list_calls(user, before, limit).await.unwrap() };
+
+    let all_of_u = of(u);
+    assert_eq!(all_of_u.len(), 8);
+    assert_eq!(list(u, None, 100).await, all_of_u);
+    assert_eq!(list(v, None, 100).await, of(v));
+    assert_eq!(list(w, None, 100).await, of(w));
+    assert!(list(nobody, None, 100).await.is_empty());
+    assert!(list(UserId::new(), None, 100).await.is_empty());
+    assert!(list(u, None, 0).await.is_empty());
+    assert_eq!(list(u, None, 3).await, all_of_u[..3]);
+
+    // Strictly before: a call started at `before` is on the next page.
+    let fifth = &all_of_u[4];
+    assert_eq!(
+        list(u, Some(fifth.started_at), 100).await,
+        all_of_u[5..],
+        "calls started before {}",
+        fifth.started_at
+    );
+    assert_eq!(
+        list(u, Some(fifth.started_at + millis(1)), 2).await,
+        all_of_u[4..6]
+    );
+    assert!(list(u, Some(t0), 100).await.is_empty());
+
+    // Page by page, each starting before the last one's oldest call.
+    for limit in [1, 2, 3, 8] {
+        let mut paged = Vec::new();
+        let mut before = None;
+        loop {
+            let page = list(u, before, limit).await;
+            assert!(page.len() <= limit as usize, "{limit}: {page:?}");
+            let Some(last) = page.last() else { break };
+            before = Some(last.started_at);
+            paged.extend(page);
+        }
+        assert_eq!(paged, all_of_u, "pages of {limit}");
+    }
+}
+
+/// A call from `caller` to `callee`, just started.
+fn call(caller: UserId, callee: UserId, started_at: OffsetDateTime) -> CallRecord {
+    CallRecord {
+        id: CallId::new(),
+        caller,
+        callee,
+        started_at,
+        answered_at: None,
+        ended_at: None,
+        outcome: None,
+        reason: None,
+    }
 }
 
 /// The current time at millisecond precision.

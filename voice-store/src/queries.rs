@@ -11,14 +11,14 @@ use rusqlite::{Connection, OptionalExtension, Row, params};
 use time::OffsetDateTime;
 use voice_core::Error;
 use voice_core::error::Result;
-use voice_core::ids::{GroupId, MessageId, SessionId, UserId};
+use voice_core::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use voice_core::model::{
-    Conversation, ConversationAccess, ConversationSummary, Friend, FriendStatus, Group,
-    GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert, NewMessage,
-    RefreshToken, Session, SpendOutcome, User,
+    CallOutcome, CallRecord, Conversation, ConversationAccess, ConversationSummary, Friend,
+    FriendStatus, Group, GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert,
+    NewMessage, RefreshToken, Session, SpendOutcome, User,
 };
 use voice_core::store::{
-    EventStore, FriendStore, GroupStore, MessageStore, SessionStore, Store, UserStore,
+    CallStore, EventStore, FriendStore, GroupStore, MessageStore, SessionStore, Store, UserStore,
 };
 use voice_core::wire::{Delivery, Event, Replay};
 
@@ -95,6 +95,18 @@ where
     let text: String = row.get(index)?;
     text.parse()
         .map_err(|error: T::Err| conversion_error(index, Type::Text, error))
+}
+
+/// Parses a nullable TEXT column, like [`parse_at`].
+fn opt_parse_at<T>(row: &Row<'_>, index: usize) -> rusqlite::Result<Option<T>>
+where
+    T: FromStr,
+    T::Err: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    match row.get::<_, Option<String>>(index)? {
+        None => Ok(None),
+        Some(_) => parse_at(row, index).map(Some),
+    }
 }
 
 const USER_COLUMNS: &str = "id, issuer, subject, email, name, picture, created_at, last_seen_at";
@@ -866,7 +878,7 @@ impl MessageStore for SqliteStore {
             let event = Event::MessageDeleted {
                 conversation: tombstone.conversation,
                 message_id: id,
-                seq: tombstone.seq,
+                message_seq: tombstone.seq,
             };
             let deliveries = deliver(conn, &recipients, &event, now)?;
             Ok(Some(MessageDeletion {
@@ -1257,6 +1269,150 @@ fn event_marks(conn: &Connection, user: UserId) -> DbResult<(u64, u64)> {
         .unwrap_or((0, 0)))
 }
 
+const CALL_COLUMNS: &str = "id, caller, callee, started_at, answered_at, ended_at, outcome, reason";
+
+fn call_row(row: &Row<'_>) -> rusqlite::Result<CallRecord> {
+    Ok(CallRecord {
+        id: parse_at(row, 0)?,
+        caller: parse_at(row, 1)?,
+        callee: parse_at(row, 2)?,
+        started_at: time_at(row, 3)?,
+        answered_at: opt_time_at(row, 4)?,
+        ended_at: opt_time_at(row, 5)?,
+        outcome: opt_parse_at(row, 6)?,
+        reason: row.get(7)?,
+    })
+}
+
+/// `?1`'s calls started before `?2`, newest first, at most `?3`: the newest
+/// `?3` of each side, each a range scan of its index, merged. A call to
+/// oneself is taken from the caller side only, so it is listed once.
+const LIST_CALLS: &str = "
+    SELECT * FROM (SELECT id, caller, callee, started_at, answered_at, ended_at, outcome, reason
+                   FROM calls WHERE caller = ?1 AND started_at < ?2
+                   ORDER BY started_at DESC, id DESC LIMIT ?3)
+    UNION ALL
+    SELECT * FROM (SELECT id, caller, callee, started_at, answered_at, ended_at, outcome, reason
+                   FROM calls WHERE callee = ?1 AND caller <> ?1 AND started_at < ?2
+                   ORDER BY started_at DESC, id DESC LIMIT ?3)
+    ORDER BY started_at DESC, id DESC LIMIT ?3";
+
+/// Oldest first, from the partial index of calls without an outcome.
+const UNFINISHED_CALLS: &str = "
+    SELECT id, caller, callee, started_at, answered_at, ended_at, outcome, reason
+    FROM calls WHERE outcome IS NULL ORDER BY started_at, id";
+
+#[async_trait]
+impl CallStore for SqliteStore {
+    async fn insert_call(&self, record: &CallRecord) -> Result<()> {
+        // A finished call says when it ended; one still on has no end.
+        if record.outcome.is_some() != record.ended_at.is_some() {
+            return Err(Error::bad_request(
+                "a call has an outcome exactly when it has an end time",
+            ));
+        }
+        let record = record.clone();
+        self.write(move |conn| {
+            conn.prepare_cached(&format!(
+                "INSERT INTO calls ({CALL_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"
+            ))?
+            .execute(params![
+                record.id.to_string(),
+                record.caller.to_string(),
+                record.callee.to_string(),
+                ms(record.started_at),
+                record.answered_at.map(ms),
+                record.ended_at.map(ms),
+                record.outcome.map(CallOutcome::as_str),
+                record.reason,
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn mark_call_answered(&self, id: CallId, at: OffsetDateTime) -> Result<bool> {
+        self.write(move |conn| {
+            // Answering twice keeps the first time.
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE calls SET answered_at = coalesce(answered_at, ?2)
+                     WHERE id = ?1 AND outcome IS NULL",
+                )?
+                .execute(params![id.to_string(), ms(at)])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn finish_call(
+        &self,
+        id: CallId,
+        outcome: CallOutcome,
+        reason: &str,
+        ended_at: OffsetDateTime,
+    ) -> Result<bool> {
+        let reason = reason.to_owned();
+        self.write(move |conn| {
+            // The condition makes the first ending win: a later one finds
+            // the outcome set and changes nothing.
+            let changed = conn
+                .prepare_cached(
+                    "UPDATE calls SET outcome = ?2, reason = ?3, ended_at = ?4
+                     WHERE id = ?1 AND outcome IS NULL",
+                )?
+                .execute(params![
+                    id.to_string(),
+                    outcome.as_str(),
+                    reason,
+                    ms(ended_at)
+                ])?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    async fn get_call(&self, id: CallId) -> Result<Option<CallRecord>> {
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(&format!("SELECT {CALL_COLUMNS} FROM calls WHERE id = ?1"))?
+                .query_row([id.to_string()], call_row)
+                .optional()?)
+        })
+        .await
+    }
+
+    async fn list_calls(
+        &self,
+        user: UserId,
+        before: Option<OffsetDateTime>,
+        limit: u32,
+    ) -> Result<Vec<CallRecord>> {
+        // No stored time reaches i64::MAX, so it stands for no bound.
+        let before = before.map_or(i64::MAX, ms);
+        self.read(move |conn| {
+            Ok(conn
+                .prepare_cached(LIST_CALLS)?
+                .query_map(
+                    params![user.to_string(), before, i64::from(limit)],
+                    call_row,
+                )?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn unfinished_calls(&self) -> Result<Vec<CallRecord>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(UNFINISHED_CALLS)?
+                .query_map([], call_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
@@ -1269,5 +1425,58 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The steps of `sql`'s query plan, as `EXPLAIN QUERY PLAN` words them.
+    fn plan(sql: &str) -> Vec<String> {
+        let mut conn = Connection::open_in_memory().unwrap();
+        crate::schema::migrate(&mut conn).unwrap();
+        let mut statement = conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
+        let count = statement.parameter_count();
+        let params: Vec<i64> = vec![1; count];
+        statement
+            .query_map(rusqlite::params_from_iter(params), |row| {
+                row.get::<_, String>(3)
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// Each side of a user's history is a range scan of its own index, in
+    /// the listing's order; only the at most `limit` rows each side yields
+    /// are sorted again to merge them. No step reads the whole table.
+    #[test]
+    fn list_calls_searches_both_indexes() {
+        let steps = plan(LIST_CALLS);
+        for index in [
+            "calls_by_caller (caller=? AND started_at<?)",
+            "calls_by_callee (callee=? AND started_at<?)",
+        ] {
+            assert!(
+                steps
+                    .iter()
+                    .any(|step| step == &format!("SEARCH calls USING INDEX {index}")),
+                "{index} unused: {steps:#?}"
+            );
+        }
+        assert!(
+            !steps.iter().any(|step| step.starts_with("SCAN calls")),
+            "{steps:#?}"
+        );
+    }
+
+    /// The calls still on come from the partial index, already in order.
+    #[test]
+    fn unfinished_calls_scan_only_the_partial_index() {
+        assert_eq!(
+            plan(UNFINISHED_CALLS),
+            vec!["SCAN calls USING INDEX calls_unfinished"]
+        );
     }
 }

@@ -176,6 +176,30 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX events_by_created_at ON events (created_at);
     CREATE INDEX events_by_message ON events (message_id) WHERE message_id IS NOT NULL;
     ",
+    // 3: call history.
+    "
+    -- One row per call. outcome is NULL while the call is on; ended_at is
+    -- set exactly when outcome is, so a finished call always says when.
+    -- outcome is voice_core::model::CallOutcome::as_str.
+    CREATE TABLE calls (
+        id TEXT PRIMARY KEY NOT NULL,
+        caller TEXT NOT NULL REFERENCES users (id),
+        callee TEXT NOT NULL REFERENCES users (id),
+        started_at INTEGER NOT NULL,
+        answered_at INTEGER,
+        ended_at INTEGER,
+        outcome TEXT CHECK (outcome IN
+            ('answered', 'missed', 'rejected', 'cancelled', 'busy', 'failed')),
+        reason TEXT,
+        CHECK ((outcome IS NULL) = (ended_at IS NULL))
+    ) STRICT;
+    -- A user's history is two range scans, one per side, each already in
+    -- the listing's order (newest first, id breaking ties).
+    CREATE INDEX calls_by_caller ON calls (caller, started_at, id);
+    CREATE INDEX calls_by_callee ON calls (callee, started_at, id);
+    -- The calls still on: after a restart, the ones the server lost.
+    CREATE INDEX calls_unfinished ON calls (started_at, id) WHERE outcome IS NULL;
+    ",
 ];
 
 /// The schema version this build creates and understands.
@@ -384,6 +408,71 @@ mod tests {
             })
             .unwrap();
         assert_eq!(foreign_key_errors, 0);
+    }
+
+    /// A database of version 2 with users gains an empty call history
+    /// whose constraints hold: known users only, known outcomes only, an
+    /// end time exactly with an outcome.
+    #[test]
+    fn migration_3_adds_call_history() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        migrate_with(&mut conn, &MIGRATIONS[..2]).unwrap();
+        let id = |n: u32| format!("00000000-0000-7000-8000-{n:012x}");
+        let (a, b, ghost) = (id(0xa), id(0xb), id(0xf));
+        for user in [&a, &b] {
+            conn.execute(
+                "INSERT INTO users (id, issuer, subject, created_at)
+                 VALUES (?1, 'https://old.example', ?1, 0)",
+                [user],
+            )
+            .unwrap();
+        }
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+        let users: i64 = conn
+            .query_row("SELECT count(*) FROM users", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(users, 2, "existing data stays");
+        let insert =
+            |id: u32, caller: &str, callee: &str, ended_at: Option<i64>, outcome: Option<&str>| {
+                conn.execute(
+                    "INSERT INTO calls (id, caller, callee, started_at, ended_at, outcome)
+                 VALUES (?1, ?2, ?3, 0, ?4, ?5)",
+                    rusqlite::params![format!("call-{id}"), caller, callee, ended_at, outcome],
+                )
+            };
+        insert(1, &a, &b, None, None).unwrap();
+        insert(2, &b, &a, Some(0), Some("busy")).unwrap();
+        assert!(insert(3, &a, &ghost, None, None).is_err(), "unknown callee");
+        assert!(insert(4, &ghost, &a, None, None).is_err(), "unknown caller");
+        assert!(
+            insert(5, &a, &b, Some(0), Some("hung_up")).is_err(),
+            "unknown outcome"
+        );
+        assert!(
+            insert(6, &a, &b, Some(0), None).is_err(),
+            "an end without an outcome"
+        );
+        assert!(
+            insert(7, &a, &b, None, Some("missed")).is_err(),
+            "an outcome without an end"
+        );
+        assert!(insert(1, &b, &a, None, None).is_err(), "a duplicate id");
+        let started_at_is_strict = conn.execute(
+            "INSERT INTO calls (id, caller, callee, started_at) VALUES ('x', ?1, ?2, 'soon')",
+            [&a, &b],
+        );
+        assert!(started_at_is_strict.is_err());
+        let unfinished: Vec<String> = conn
+            .prepare("SELECT id FROM calls INDEXED BY calls_unfinished WHERE outcome IS NULL")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(unfinished, vec!["call-1".to_owned()]);
     }
 
     #[test]

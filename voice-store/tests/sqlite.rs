@@ -6,9 +6,9 @@ use std::path::Path;
 
 use time::OffsetDateTime;
 use voice_core::ErrorCode;
-use voice_core::ids::{MessageId, UserId};
-use voice_core::model::{Conversation, Identity, NewMessage, User};
-use voice_core::store::{EventStore, MessageStore, Store, UserStore};
+use voice_core::ids::{CallId, MessageId, UserId};
+use voice_core::model::{CallOutcome, CallRecord, Conversation, Identity, NewMessage, User};
+use voice_core::store::{CallStore, EventStore, MessageStore, Store, UserStore};
 use voice_core::wire::{Delivery, Event, Replay};
 use voice_store::{SCHEMA_VERSION, SqliteOptions, SqliteStore};
 
@@ -400,5 +400,97 @@ async fn last_seen_of_an_unknown_user_is_not_found() {
         .await
         .unwrap_err();
     assert_eq!(error.code, ErrorCode::NotFound);
+    store.close().await;
+}
+
+/// A call just started at `at`.
+fn call(caller: &User, callee: &User, at: OffsetDateTime) -> CallRecord {
+    CallRecord {
+        id: CallId::new(),
+        caller: caller.id,
+        callee: callee.id,
+        started_at: at,
+        answered_at: None,
+        ended_at: None,
+        outcome: None,
+        reason: None,
+    }
+}
+
+/// A whole second, so it reads back exactly.
+fn at_second(second: i64) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp(1_800_000_000 + second).unwrap()
+}
+
+/// A call has an outcome exactly when it has an end time: a record with
+/// one and not the other is refused, and nothing is stored.
+#[tokio::test]
+async fn a_call_record_with_an_outcome_but_no_end_or_the_reverse_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let (a, b) = (a_user(&store).await, a_user(&store).await);
+    let no_end = CallRecord {
+        outcome: Some(CallOutcome::Busy),
+        ..call(&a, &b, at_second(0))
+    };
+    let no_outcome = CallRecord {
+        ended_at: Some(at_second(1)),
+        ..call(&a, &b, at_second(0))
+    };
+    for record in [no_end, no_outcome] {
+        let error = store.insert_call(&record).await.unwrap_err();
+        assert_eq!(error.code, ErrorCode::BadRequest, "{record:?}");
+        assert_eq!(store.get_call(record.id).await.unwrap(), None);
+    }
+    store.close().await;
+}
+
+/// Answering again while the call is on reports true (the call is known
+/// and on) but keeps the first answer time.
+#[tokio::test]
+async fn answering_twice_keeps_the_first_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let (a, b) = (a_user(&store).await, a_user(&store).await);
+    let record = call(&a, &b, at_second(0));
+    store.insert_call(&record).await.unwrap();
+    assert!(
+        store
+            .mark_call_answered(record.id, at_second(2))
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .mark_call_answered(record.id, at_second(3))
+            .await
+            .unwrap()
+    );
+    let stored = store.get_call(record.id).await.unwrap().unwrap();
+    assert_eq!(stored.answered_at, Some(at_second(2)));
+    store.close().await;
+}
+
+/// A call to oneself is listed once, not once per side; calls started in
+/// the same millisecond are listed newest id first.
+#[tokio::test]
+async fn call_history_lists_a_self_call_once_and_breaks_ties_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let (a, b) = (a_user(&store).await, a_user(&store).await);
+    let to_self = call(&a, &a, at_second(0));
+    let first = call(&a, &b, at_second(1));
+    let second = call(&b, &a, at_second(1));
+    for record in [&to_self, &first, &second] {
+        store.insert_call(record).await.unwrap();
+    }
+    let listed: Vec<CallId> = store
+        .list_calls(a.id, None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|record| record.id)
+        .collect();
+    assert_eq!(listed, vec![second.id, first.id, to_self.id]);
     store.close().await;
 }
