@@ -9,8 +9,45 @@
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::ids::UserId;
+use crate::ids::{SessionId, UserId};
 use crate::wire::ServerEvent;
+
+/// Which of a user's devices an event is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Devices {
+    All,
+    Only(SessionId),
+    AllBut(SessionId),
+}
+
+impl Devices {
+    pub fn includes(self, session: SessionId) -> bool {
+        match self {
+            Devices::All => true,
+            Devices::Only(only) => only == session,
+            Devices::AllBut(excluded) => excluded != session,
+        }
+    }
+}
+
+/// One event on its way to some devices of one user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Envelope {
+    pub user: UserId,
+    pub devices: Devices,
+    pub event: ServerEvent,
+}
+
+impl Envelope {
+    /// For every device of `user`.
+    pub fn to_user(user: UserId, event: ServerEvent) -> Self {
+        Self {
+            user,
+            devices: Devices::All,
+            event,
+        }
+    }
+}
 
 /// Why a subscription ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -25,15 +62,21 @@ pub enum SubscriptionEnd {
 /// Carries events to every connected device of a user.
 #[async_trait]
 pub trait EventBus: Send + Sync {
-    /// Sends each event to every device of its user that is subscribed
-    /// now, on any node. Never waits for a slow subscriber: one that cannot
-    /// take an event more is ended with [`SubscriptionEnd::Lagged`].
-    async fn publish(&self, events: Vec<(UserId, ServerEvent)>) -> Result<()>;
+    /// Sends each event to the devices of its user it names that are
+    /// subscribed now, on any node. Never waits for a slow subscriber: one
+    /// that cannot take an event more is ended with
+    /// [`SubscriptionEnd::Lagged`].
+    async fn publish(&self, envelopes: Vec<Envelope>) -> Result<()>;
 
-    /// Subscribes one device of `user`. Every event published after this
-    /// returns is delivered to it, in order, until it ends. At most
-    /// `capacity` events wait for it.
-    async fn subscribe(&self, user: UserId, capacity: usize) -> Result<Box<dyn Subscription>>;
+    /// Subscribes one device (`session`) of `user`. Every event published
+    /// for it after this returns is delivered, in order, until it ends. At
+    /// most `capacity` events wait for it.
+    async fn subscribe(
+        &self,
+        user: UserId,
+        session: SessionId,
+        capacity: usize,
+    ) -> Result<Box<dyn Subscription>>;
 }
 
 /// One device's stream of events.

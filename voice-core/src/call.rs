@@ -140,7 +140,13 @@ pub struct Call {
 
 impl Call {
     /// A new call, ringing from `now`.
-    pub fn new(id: CallId, caller: Device, callee: UserId, now: Instant, config: CallConfig) -> Self {
+    pub fn new(
+        id: CallId,
+        caller: Device,
+        callee: UserId,
+        now: Instant,
+        config: CallConfig,
+    ) -> Self {
         let ring_deadline = now + config.ring_timeout;
         let mut call = Self {
             id,
@@ -263,7 +269,9 @@ impl Call {
                 self.end(CallOutcome::Cancelled, "the caller cancelled");
                 Ok(())
             }
-            CallPhase::Accepted | CallPhase::Connected => Err(CallError::WrongPhase("answered; hang up instead")),
+            CallPhase::Accepted | CallPhase::Connected => {
+                Err(CallError::WrongPhase("answered; hang up instead"))
+            }
             CallPhase::Ended(_) => Err(CallError::Over),
         }
     }
@@ -274,8 +282,12 @@ impl Call {
         self.handle_timeout(now);
         match self.phase {
             CallPhase::Ended(_) => Err(CallError::Over),
-            CallPhase::Ringing if device.user == self.caller.user => self.handle_cancel(now, device.user),
-            CallPhase::Ringing if device.user == self.callee => self.handle_reject(now, device.user),
+            CallPhase::Ringing if device.user == self.caller.user => {
+                self.handle_cancel(now, device.user)
+            }
+            CallPhase::Ringing if device.user == self.callee => {
+                self.handle_reject(now, device.user)
+            }
             CallPhase::Ringing => Err(CallError::NotParticipant),
             CallPhase::Accepted | CallPhase::Connected => {
                 if device == self.caller {
@@ -310,7 +322,12 @@ impl Call {
     /// Signaling (an SDP or an ICE candidate, as JSON text) from a device,
     /// for the other participant's device. The caller's signals wait,
     /// bounded, until a device answers.
-    pub fn handle_signal(&mut self, now: Instant, from: Device, payload: String) -> Result<(), CallError> {
+    pub fn handle_signal(
+        &mut self,
+        now: Instant,
+        from: Device,
+        payload: String,
+    ) -> Result<(), CallError> {
         self.handle_timeout(now);
         if let CallPhase::Ended(_) = self.phase {
             return Err(CallError::Over);
@@ -394,10 +411,14 @@ impl Call {
         }
         let grace = self.config.disconnect_grace;
         let ring = (self.phase == CallPhase::Ringing).then_some(self.ring_deadline);
-        [ring, self.caller_away.map(|t| t + grace), self.callee_away.map(|t| t + grace)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            ring,
+            self.caller_away.map(|t| t + grace),
+            self.callee_away.map(|t| t + grace),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     pub fn poll_output(&mut self) -> Option<CallOutput> {
@@ -458,7 +479,13 @@ mod tests {
             user: phone.user,
             session: SessionId::new(),
         };
-        let call = Call::new(CallId::new(), caller, phone.user, now, CallConfig::default());
+        let call = Call::new(
+            CallId::new(),
+            caller,
+            phone.user,
+            now,
+            CallConfig::default(),
+        );
         Setup {
             now,
             caller,
@@ -481,14 +508,28 @@ mod tests {
 
     #[test]
     fn rings_then_one_device_answers_and_buffered_signals_follow_in_order() {
-        let Setup { now, caller, phone, laptop, mut call } = setup();
+        let Setup {
+            now,
+            caller,
+            phone,
+            laptop,
+            mut call,
+        } = setup();
         assert!(matches!(drain(&mut call)[..], [CallOutput::Ring { .. }]));
         call.handle_signal(now, caller, "offer".into()).unwrap();
-        call.handle_signal(now, caller, "candidate-1".into()).unwrap();
-        assert_eq!(call.handle_signal(now, phone, "early".into()), Err(CallError::NotParticipant));
+        call.handle_signal(now, caller, "candidate-1".into())
+            .unwrap();
+        assert_eq!(
+            call.handle_signal(now, phone, "early".into()),
+            Err(CallError::NotParticipant)
+        );
 
-        call.handle_accept(now + Duration::from_secs(3), phone).unwrap();
-        assert_eq!(call.handle_accept(now, laptop), Err(CallError::AlreadyAnswered));
+        call.handle_accept(now + Duration::from_secs(3), phone)
+            .unwrap();
+        assert_eq!(
+            call.handle_accept(now, laptop),
+            Err(CallError::AlreadyAnswered)
+        );
         let outputs = drain(&mut call);
         assert!(matches!(outputs[0], CallOutput::Accepted { device, .. } if device == phone));
         let relayed: Vec<&str> = outputs[1..]
@@ -502,11 +543,16 @@ mod tests {
 
         call.handle_signal(now, phone, "answer".into()).unwrap();
         assert!(matches!(drain(&mut call)[..], [CallOutput::Relay { to, .. }] if to == caller));
-        assert_eq!(call.handle_signal(now, laptop, "x".into()), Err(CallError::NotParticipant));
+        assert_eq!(
+            call.handle_signal(now, laptop, "x".into()),
+            Err(CallError::NotParticipant)
+        );
         call.handle_connected(now, caller).unwrap();
         assert_eq!(call.phase(), CallPhase::Connected);
-        call.handle_hangup(now + Duration::from_secs(60), laptop).unwrap_err();
-        call.handle_hangup(now + Duration::from_secs(60), phone).unwrap();
+        call.handle_hangup(now + Duration::from_secs(60), laptop)
+            .unwrap_err();
+        call.handle_hangup(now + Duration::from_secs(60), phone)
+            .unwrap();
         assert_eq!(ended(&drain(&mut call)), Some(CallOutcome::Answered));
         assert_eq!(call.poll_timeout(), None);
         assert_eq!(call.handle_hangup(now, caller), Err(CallError::Over));
@@ -514,7 +560,12 @@ mod tests {
 
     #[test]
     fn an_unanswered_call_expires_at_its_deadline_and_cannot_be_accepted_after() {
-        let Setup { now, phone, mut call, .. } = setup();
+        let Setup {
+            now,
+            phone,
+            mut call,
+            ..
+        } = setup();
         let deadline = call.poll_timeout().unwrap();
         assert_eq!(deadline, now + Duration::from_secs(30));
         call.handle_timeout(deadline - Duration::from_millis(1));
@@ -526,21 +577,47 @@ mod tests {
 
     #[test]
     fn reject_cancel_and_who_may_do_what() {
-        let Setup { now, caller, phone, mut call, .. } = setup();
-        assert_eq!(call.handle_reject(now, caller.user), Err(CallError::NotParticipant));
-        assert_eq!(call.handle_cancel(now, phone.user), Err(CallError::NotParticipant));
-        assert_eq!(call.handle_connected(now, caller), Err(CallError::WrongPhase("ringing")));
+        let Setup {
+            now,
+            caller,
+            phone,
+            mut call,
+            ..
+        } = setup();
+        assert_eq!(
+            call.handle_reject(now, caller.user),
+            Err(CallError::NotParticipant)
+        );
+        assert_eq!(
+            call.handle_cancel(now, phone.user),
+            Err(CallError::NotParticipant)
+        );
+        assert_eq!(
+            call.handle_connected(now, caller),
+            Err(CallError::WrongPhase("ringing"))
+        );
         call.handle_reject(now, phone.user).unwrap();
         assert_eq!(ended(&drain(&mut call)), Some(CallOutcome::Rejected));
 
-        let Setup { now, caller, mut call, .. } = setup();
+        let Setup {
+            now,
+            caller,
+            mut call,
+            ..
+        } = setup();
         call.handle_cancel(now, caller.user).unwrap();
         assert_eq!(ended(&drain(&mut call)), Some(CallOutcome::Cancelled));
     }
 
     #[test]
     fn a_lost_device_ends_the_call_after_the_grace_unless_it_returns() {
-        let Setup { now, caller, phone, mut call, .. } = setup();
+        let Setup {
+            now,
+            caller,
+            phone,
+            mut call,
+            ..
+        } = setup();
         call.handle_accept(now, phone).unwrap();
         drain(&mut call);
         call.handle_device_away(now, phone.session);
@@ -553,16 +630,28 @@ mod tests {
         let outputs = drain(&mut call);
         assert!(matches!(
             outputs[..],
-            [CallOutput::Ended { outcome: CallOutcome::Failed, reason: "the caller's device was lost", .. }]
+            [CallOutput::Ended {
+                outcome: CallOutcome::Failed,
+                reason: "the caller's device was lost",
+                ..
+            }]
         ));
     }
 
     #[test]
     fn the_signal_buffer_is_bounded() {
-        let Setup { now, caller, mut call, .. } = setup();
+        let Setup {
+            now,
+            caller,
+            mut call,
+            ..
+        } = setup();
         for _ in 0..64 {
             call.handle_signal(now, caller, "c".into()).unwrap();
         }
-        assert_eq!(call.handle_signal(now, caller, "c".into()), Err(CallError::SignalBufferFull));
+        assert_eq!(
+            call.handle_signal(now, caller, "c".into()),
+            Err(CallError::SignalBufferFull)
+        );
     }
 }

@@ -121,7 +121,8 @@ impl CallQueue {
         }
         let mut call = Call::new(id, caller, callee, now, self.config.clone());
         let deadline = call.ring_deadline();
-        self.outputs.extend(std::iter::from_fn(|| call.poll_output()));
+        self.outputs
+            .extend(std::iter::from_fn(|| call.poll_output()));
         self.by_user.insert(caller.user, id);
         self.by_user.insert(callee, id);
         self.calls.insert(id, call);
@@ -129,27 +130,58 @@ impl CallQueue {
         Ok(Requested::Ringing { call: id, deadline })
     }
 
-    pub fn handle_accept(&mut self, now: Instant, id: CallId, device: Device) -> Result<(), CallError> {
+    pub fn handle_accept(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        device: Device,
+    ) -> Result<(), CallError> {
         self.with_call(id, |call| call.handle_accept(now, device))
     }
 
-    pub fn handle_reject(&mut self, now: Instant, id: CallId, user: UserId) -> Result<(), CallError> {
+    pub fn handle_reject(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        user: UserId,
+    ) -> Result<(), CallError> {
         self.with_call(id, |call| call.handle_reject(now, user))
     }
 
-    pub fn handle_cancel(&mut self, now: Instant, id: CallId, user: UserId) -> Result<(), CallError> {
+    pub fn handle_cancel(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        user: UserId,
+    ) -> Result<(), CallError> {
         self.with_call(id, |call| call.handle_cancel(now, user))
     }
 
-    pub fn handle_hangup(&mut self, now: Instant, id: CallId, device: Device) -> Result<(), CallError> {
+    pub fn handle_hangup(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        device: Device,
+    ) -> Result<(), CallError> {
         self.with_call(id, |call| call.handle_hangup(now, device))
     }
 
-    pub fn handle_connected(&mut self, now: Instant, id: CallId, device: Device) -> Result<(), CallError> {
+    pub fn handle_connected(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        device: Device,
+    ) -> Result<(), CallError> {
         self.with_call(id, |call| call.handle_connected(now, device))
     }
 
-    pub fn handle_signal(&mut self, now: Instant, id: CallId, from: Device, payload: String) -> Result<(), CallError> {
+    pub fn handle_signal(
+        &mut self,
+        now: Instant,
+        id: CallId,
+        from: Device,
+        payload: String,
+    ) -> Result<(), CallError> {
         self.with_call(id, |call| call.handle_signal(now, from, payload))
     }
 
@@ -206,7 +238,8 @@ impl CallQueue {
     ) -> Result<(), CallError> {
         let call = self.calls.get_mut(&id).ok_or(CallError::NotFound)?;
         let result = input(call);
-        self.outputs.extend(std::iter::from_fn(|| call.poll_output()));
+        self.outputs
+            .extend(std::iter::from_fn(|| call.poll_output()));
         if let Some(device) = call.callee_device() {
             self.by_user.insert(device.user, id);
         }
@@ -301,7 +334,9 @@ mod tests {
         let now = Instant::now();
         let mut queue = CallQueue::new(CallConfig::default());
         let (alice, bob, carol) = (device(), device(), device());
-        queue.handle_request(now, CallId::new(), alice, bob.user).unwrap();
+        queue
+            .handle_request(now, CallId::new(), alice, bob.user)
+            .unwrap();
         let attempt = CallId::new();
         assert_eq!(
             queue.handle_request(now, attempt, carol, bob.user),
@@ -327,10 +362,16 @@ mod tests {
             queue.handle_request(now, CallId::new(), bob, alice.user),
             Ok(Requested::JoinedGlare { call: first })
         );
-        assert!(matches!(outputs(&mut queue)[..], [CallOutput::Accepted { device, .. }] if device == bob));
+        assert!(
+            matches!(outputs(&mut queue)[..], [CallOutput::Accepted { device, .. }] if device == bob)
+        );
         assert_eq!(queue.len(), 1);
         assert_eq!(queue.get(first).unwrap().phase, CallPhase::Accepted);
-        assert_eq!(queue.poll_timeout(), None, "an answered call has no deadline");
+        assert_eq!(
+            queue.poll_timeout(),
+            None,
+            "an answered call has no deadline"
+        );
     }
 
     #[test]
@@ -345,7 +386,9 @@ mod tests {
         assert_eq!(queue.poll_timeout(), None);
         assert_eq!(queue.call_of(alice.user), None);
         assert_eq!(queue.handle_accept(now, id, bob), Err(CallError::NotFound));
-        queue.handle_request(now, CallId::new(), bob, alice.user).unwrap();
+        queue
+            .handle_request(now, CallId::new(), bob, alice.user)
+            .unwrap();
     }
 
     /// Random inputs at random times never panic, every call ends once its

@@ -19,6 +19,8 @@ pub enum ErrorCode {
     Forbidden,
     /// The thing asked for does not exist (or is not visible to the caller).
     NotFound,
+    /// The route exists, but not with this method.
+    MethodNotAllowed,
     /// The request conflicts with the current state.
     Conflict,
     /// What the request is about existed but is over (e.g. a call that
@@ -42,6 +44,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden => 403,
             ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::Gone => 410,
             ErrorCode::PayloadTooLarge => 413,
@@ -57,6 +60,7 @@ impl ErrorCode {
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::NotFound => "not_found",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Conflict => "conflict",
             ErrorCode::Gone => "gone",
             ErrorCode::PayloadTooLarge => "payload_too_large",
@@ -137,6 +141,7 @@ mod tests {
             ErrorCode::Unauthorized,
             ErrorCode::Forbidden,
             ErrorCode::NotFound,
+            ErrorCode::MethodNotAllowed,
             ErrorCode::Conflict,
             ErrorCode::Gone,
             ErrorCode::PayloadTooLarge,

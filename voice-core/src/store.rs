@@ -12,9 +12,9 @@ use time::OffsetDateTime;
 use crate::error::Result;
 use crate::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use crate::model::{
-    CallOutcome, CallRecord, Conversation, ConversationAccess, ConversationSummary, Friend, FriendStatus, Group,
-    GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert, NewMessage,
-    RefreshToken, Session, SpendOutcome, User,
+    CallOutcome, CallRecord, Conversation, ConversationAccess, ConversationSummary, Friend,
+    FriendStatus, Group, GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert,
+    NewMessage, RefreshToken, Session, SpendOutcome, User,
 };
 use crate::wire::{Delivery, Event, Replay};
 

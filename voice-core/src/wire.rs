@@ -10,7 +10,8 @@ use time::OffsetDateTime;
 use crate::error::Error;
 use crate::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use crate::model::{
-    CallOutcome, Conversation, ConversationSummary, FriendStatus, Group, GroupMember, GroupRole, Message, User,
+    CallOutcome, CallRecord, Conversation, ConversationSummary, FriendStatus, Group, GroupMember,
+    GroupRole, Message, User,
 };
 
 /// The version of the event protocol this crate speaks.
@@ -44,7 +45,7 @@ pub struct TokenRequest {
     pub code_verifier: String,
 }
 
-/// `POST /v1/auth/refresh` and, optionally, `POST /v1/auth/logout`.
+/// `POST /v1/auth/refresh`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RefreshRequest {
@@ -244,6 +245,86 @@ pub struct GroupsResponse {
     pub groups: Vec<Group>,
 }
 
+/// `POST /v1/calls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StartCallRequest {
+    pub callee: UserId,
+}
+
+/// A STUN or TURN server for WebRTC's `RTCIceServer`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IceServer {
+    pub urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
+}
+
+/// Where a call stands, as the API shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum CallStatus {
+    Ringing,
+    Accepted,
+    Connected,
+}
+
+/// The answer to `POST /v1/calls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CallStarted {
+    pub call_id: CallId,
+    /// `ringing`, or `accepted` when the callee was calling the caller at
+    /// the same moment (glare: the two requests became this one call).
+    pub status: CallStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+    pub ice_servers: Vec<IceServer>,
+}
+
+/// A call in progress, as `GET /v1/calls/active` shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActiveCall {
+    pub call_id: CallId,
+    pub caller: UserId,
+    pub caller_device: SessionId,
+    pub callee: UserId,
+    /// The callee's device that answered, once one did.
+    pub callee_device: Option<SessionId>,
+    pub status: CallStatus,
+    #[serde(with = "time::serde::rfc3339")]
+    pub expires_at: OffsetDateTime,
+}
+
+/// `GET /v1/calls/active`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ActiveCallsResponse {
+    pub calls: Vec<ActiveCall>,
+}
+
+/// One line of call history.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CallHistoryEntry {
+    #[serde(flatten)]
+    pub record: CallRecord,
+    /// Talk time in seconds, for answered calls.
+    pub duration_secs: Option<i64>,
+}
+
+/// `GET /v1/calls/history`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CallHistoryResponse {
+    pub calls: Vec<CallHistoryEntry>,
+}
+
 /// `POST /v1/ws/ticket`: a single-use ticket for a browser's WebSocket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -276,7 +357,8 @@ pub enum Event {
     MessageDeleted {
         conversation: Conversation,
         message_id: MessageId,
-        seq: u64,
+        /// The message's place in its conversation (not the event's `seq`).
+        message_seq: u64,
     },
     #[serde(rename = "friend.request")]
     FriendRequest { from: UserProfile },
@@ -341,8 +423,17 @@ pub enum Event {
         from: SessionId,
         payload: RawJson,
     },
-    /// The events after the client's `since` are no longer kept: reload
-    /// state over REST, then continue from `seq`.
+    /// Sent once per connection after any replay: the device is up to
+    /// date to `latest_seq`, its cursor for the next `since`.
+    #[serde(rename = "ready")]
+    Ready { latest_seq: u64 },
+    /// The device's session ended (signed out or revoked); the connection
+    /// closes with 4001 next.
+    #[serde(rename = "session.ended")]
+    SessionEnded { reason: String },
+    /// The events after the client's `since` are not available (pruned,
+    /// or `since` is ahead of the log): reload state over REST, then
+    /// continue from `latest_seq`.
     #[serde(rename = "resync_required")]
     ResyncRequired { reason: String, latest_seq: u64 },
     #[serde(rename = "error")]
@@ -486,7 +577,8 @@ impl ClientMessage {
             #[serde(borrow)]
             payload: &'a serde_json::value::RawValue,
         }
-        let malformed = |e: serde_json::Error| Error::bad_request(format!("malformed message: {e}"));
+        let malformed =
+            |e: serde_json::Error| Error::bad_request(format!("malformed message: {e}"));
         let tag: Tag<'_> = serde_json::from_str(text).map_err(malformed)?;
         match tag.kind {
             "typing" => {
@@ -502,7 +594,9 @@ impl ClientMessage {
                     payload: RawJson(signal.payload.to_owned()),
                 })
             }
-            other => Err(Error::bad_request(format!("unknown message type {other:?}"))),
+            other => Err(Error::bad_request(format!(
+                "unknown message type {other:?}"
+            ))),
         }
     }
 }
@@ -560,15 +654,30 @@ mod tests {
     #[test]
     fn signal_payloads_keep_their_exact_bytes() {
         let call = CallId::new();
-        let payload = r#"{ "sdp" : {"type":"offer","sdp":"v=0\r\na=fingerprint:sha-256 AB:CD\u0041"} }"#;
+        let payload =
+            r#"{ "sdp" : {"type":"offer","sdp":"v=0\r\na=fingerprint:sha-256 AB:CD\u0041"} }"#;
         let text = format!(r#"{{"type":"call.signal","call_id":"{call}","payload":{payload}}}"#);
-        let ClientMessage::CallSignal { call_id, payload: raw } = ClientMessage::decode(&text).unwrap() else {
+        let ClientMessage::CallSignal {
+            call_id,
+            payload: raw,
+        } = ClientMessage::decode(&text).unwrap()
+        else {
             panic!("a call signal");
         };
         assert_eq!(call_id, call);
         assert_eq!(raw.get(), payload);
-        let event = ServerEvent::new(None, Event::CallSignal { call_id, from: SessionId::new(), payload: raw });
+        let event = ServerEvent::new(
+            None,
+            Event::CallSignal {
+                call_id,
+                from: SessionId::new(),
+                payload: raw,
+            },
+        );
         assert!(event.encode().contains(payload));
-        assert!(ClientMessage::decode(&format!(r#"{{"type":"call.signal","call_id":"{call}"}}"#)).is_err());
+        assert!(
+            ClientMessage::decode(&format!(r#"{{"type":"call.signal","call_id":"{call}"}}"#))
+                .is_err()
+        );
     }
 }

@@ -11,13 +11,14 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
-use voice_core::UserId;
-use voice_core::bus::{EventBus, Subscription, SubscriptionEnd};
+use voice_core::bus::{Envelope, EventBus, Subscription, SubscriptionEnd};
 use voice_core::error::Result;
 use voice_core::wire::ServerEvent;
+use voice_core::{SessionId, UserId};
 
 struct Subscriber {
     id: u64,
+    session: SessionId,
     queue: mpsc::Sender<ServerEvent>,
     lagged: Arc<AtomicBool>,
 }
@@ -54,21 +55,31 @@ impl LocalBus {
 
 #[async_trait]
 impl EventBus for LocalBus {
-    async fn publish(&self, events: Vec<(UserId, ServerEvent)>) -> Result<()> {
+    async fn publish(&self, envelopes: Vec<Envelope>) -> Result<()> {
         let mut by_user = self.subscribers.lock();
-        for (user, event) in events {
+        for Envelope {
+            user,
+            devices: wanted,
+            event,
+        } in envelopes
+        {
             let Some(devices) = by_user.get_mut(&user) else {
                 continue;
             };
-            devices.retain(|device| match device.queue.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(TrySendError::Full(_)) => {
-                    // Dropping the sender ends the stream after what is
-                    // queued; the flag tells the device why.
-                    device.lagged.store(true, Ordering::Release);
-                    false
+            devices.retain(|device| {
+                if !wanted.includes(device.session) {
+                    return true;
                 }
-                Err(TrySendError::Closed(_)) => false,
+                match device.queue.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(TrySendError::Full(_)) => {
+                        // Dropping the sender ends the stream after what is
+                        // queued; the flag tells the device why.
+                        device.lagged.store(true, Ordering::Release);
+                        false
+                    }
+                    Err(TrySendError::Closed(_)) => false,
+                }
             });
             if devices.is_empty() {
                 by_user.remove(&user);
@@ -77,7 +88,12 @@ impl EventBus for LocalBus {
         Ok(())
     }
 
-    async fn subscribe(&self, user: UserId, capacity: usize) -> Result<Box<dyn Subscription>> {
+    async fn subscribe(
+        &self,
+        user: UserId,
+        session: SessionId,
+        capacity: usize,
+    ) -> Result<Box<dyn Subscription>> {
         let (queue, receiver) = mpsc::channel(capacity.max(1));
         let lagged = Arc::new(AtomicBool::new(false));
         let id = self.subscribers.next_id.fetch_add(1, Ordering::Relaxed);
@@ -87,6 +103,7 @@ impl EventBus for LocalBus {
             .or_default()
             .push(Subscriber {
                 id,
+                session,
                 queue,
                 lagged: lagged.clone(),
             });
@@ -134,6 +151,7 @@ impl Drop for LocalSubscription {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use voice_core::bus::Devices;
     use voice_core::wire::Event;
 
     fn event(n: u64) -> ServerEvent {
@@ -149,16 +167,33 @@ mod tests {
     async fn every_device_of_a_user_gets_every_event_in_order() {
         let bus = LocalBus::new();
         let (alice, bob) = (UserId::new(), UserId::new());
-        let mut phone = bus.subscribe(alice, 8).await.unwrap();
-        let mut laptop = bus.subscribe(alice, 8).await.unwrap();
-        let mut other = bus.subscribe(bob, 8).await.unwrap();
-        bus.publish(vec![(alice, event(1)), (alice, event(2)), (bob, event(9))])
-            .await
-            .unwrap();
+        let phone_session = SessionId::new();
+        let mut phone = bus.subscribe(alice, phone_session, 8).await.unwrap();
+        let mut laptop = bus.subscribe(alice, SessionId::new(), 8).await.unwrap();
+        let mut other = bus.subscribe(bob, SessionId::new(), 8).await.unwrap();
+        bus.publish(vec![
+            Envelope::to_user(alice, event(1)),
+            Envelope::to_user(alice, event(2)),
+            Envelope::to_user(bob, event(9)),
+            Envelope {
+                user: alice,
+                devices: Devices::Only(phone_session),
+                event: event(3),
+            },
+            Envelope {
+                user: alice,
+                devices: Devices::AllBut(phone_session),
+                event: event(4),
+            },
+        ])
+        .await
+        .unwrap();
         for device in [&mut phone, &mut laptop] {
             assert_eq!(device.next().await.unwrap().seq, Some(1));
             assert_eq!(device.next().await.unwrap().seq, Some(2));
         }
+        assert_eq!(phone.next().await.unwrap().seq, Some(3));
+        assert_eq!(laptop.next().await.unwrap().seq, Some(4));
         assert_eq!(other.next().await.unwrap().seq, Some(9));
     }
 
@@ -166,10 +201,12 @@ mod tests {
     async fn a_full_queue_cuts_off_only_that_device_after_what_it_holds() {
         let bus = LocalBus::new();
         let user = UserId::new();
-        let mut slow = bus.subscribe(user, 2).await.unwrap();
-        let mut fast = bus.subscribe(user, 100).await.unwrap();
+        let mut slow = bus.subscribe(user, SessionId::new(), 2).await.unwrap();
+        let mut fast = bus.subscribe(user, SessionId::new(), 100).await.unwrap();
         for n in 1..=5 {
-            bus.publish(vec![(user, event(n))]).await.unwrap();
+            bus.publish(vec![Envelope::to_user(user, event(n))])
+                .await
+                .unwrap();
             assert_eq!(fast.next().await.unwrap().seq, Some(n));
         }
         assert_eq!(slow.next().await.unwrap().seq, Some(1));

@@ -30,6 +30,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub ws: WsConfig,
     pub events: EventsConfig,
+    pub calls: CallsConfig,
 }
 
 impl Default for Config {
@@ -43,6 +44,7 @@ impl Default for Config {
             limits: LimitsConfig::default(),
             ws: WsConfig::default(),
             events: EventsConfig::default(),
+            calls: CallsConfig::default(),
         }
     }
 }
@@ -259,6 +261,37 @@ impl Default for WsConfig {
             ticket_ttl_secs: 30,
             max_tickets: 10_000,
             replay_batch: 500,
+        }
+    }
+}
+
+/// Calls and their signaling.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CallsConfig {
+    /// Seconds a call rings before it is missed.
+    pub ring_timeout_secs: u64,
+    /// Seconds a participant's device may be disconnected before the call
+    /// ends.
+    pub disconnect_grace_secs: u64,
+    /// Largest `call.signal` payload carrying an SDP, in bytes.
+    pub max_sdp_bytes: usize,
+    /// Largest `call.signal` payload carrying an ICE candidate, in bytes.
+    pub max_candidate_bytes: usize,
+    /// Signals the caller may send before a device answers, and their bytes.
+    pub max_buffered_signals: usize,
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        Self {
+            ring_timeout_secs: 30,
+            disconnect_grace_secs: 15,
+            max_sdp_bytes: 16 * 1024,
+            max_candidate_bytes: 1024,
+            max_buffered_signals: 64,
+            max_buffered_bytes: 64 * 1024,
         }
     }
 }

@@ -75,10 +75,11 @@ pub async fn not_found() -> ApiError {
 }
 
 /// The answer for a known route called with the wrong method.
-pub async fn method_not_allowed() -> Response {
-    let mut response = ApiError::new(ErrorCode::BadRequest, "method not allowed").into_response();
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    response
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        "this route does not take this method",
+    )
 }
 
 impl From<axum::extract::rejection::QueryRejection> for ApiError {

@@ -130,7 +130,7 @@ async fn send_request(
         };
         notify(&state, events).await?;
     }
-    let code = if before.is_none() {
+    let code = if before != Some(status) {
         StatusCode::CREATED
     } else {
         StatusCode::OK

@@ -16,6 +16,7 @@
 
 pub mod auth;
 pub mod bus;
+pub mod calls;
 pub mod config;
 pub mod error;
 pub mod friends;
@@ -73,6 +74,7 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(messages::router())
         .merge(groups::router())
         .merge(ws::router())
+        .merge(calls::routes::router())
         .routes(routes!(openapi::openapi_json))
         .split_for_parts()
 }
@@ -140,6 +142,11 @@ impl Server {
             provider,
             Arc::new(bus::LocalBus::new()),
         )?;
+        match calls::close_lost_calls(&state.notifier()).await {
+            Ok(0) => {}
+            Ok(closed) => tracing::info!(closed, "closed the calls the last run left open"),
+            Err(error) => tracing::error!(%error, "cannot close the calls the last run left open"),
+        }
         if state.dev_login {
             tracing::warn!(
                 "DEV SIGN-IN IS ON: anyone who can reach this server can sign in as any user name. \

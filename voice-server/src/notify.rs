@@ -1,54 +1,93 @@
 //! Getting events to users: stored events go into each user's log first
 //! (so a device that is away replays them later) and then onto the bus for
-//! the devices connected now; ephemeral ones (typing, presence) only onto
-//! the bus.
+//! the devices connected now; ephemeral ones (typing, presence, call
+//! signaling) only onto the bus.
+
+use std::sync::Arc;
 
 use time::OffsetDateTime;
 use voice_core::UserId;
+use voice_core::bus::{Devices, Envelope, EventBus};
 use voice_core::error::Result;
+use voice_core::store::Store;
 use voice_core::wire::{Delivery, Event, ServerEvent};
 
 use crate::state::AppState;
 
-/// Stores `events` in their users' logs, then pushes them to connected
-/// devices.
+/// The store and the bus: all it takes to reach users.
+#[derive(Clone)]
+pub struct Notifier {
+    pub store: Arc<dyn Store>,
+    pub bus: Arc<dyn EventBus>,
+}
+
+impl Notifier {
+    /// Stores `events` in their users' logs, then pushes them to connected
+    /// devices.
+    pub async fn notify(&self, events: Vec<(UserId, Event)>) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let deliveries = self
+            .store
+            .append_events(&events, OffsetDateTime::now_utc())
+            .await?;
+        self.publish(&deliveries).await;
+        Ok(())
+    }
+
+    /// Pushes already stored events to connected devices.
+    pub async fn publish(&self, deliveries: &[Delivery]) {
+        let envelopes = deliveries
+            .iter()
+            .map(|delivery| Envelope::to_user(delivery.user_id, delivery.to_server_event()))
+            .collect();
+        self.send(envelopes).await;
+    }
+
+    /// Pushes events that are not stored to every connected device of
+    /// their users.
+    pub async fn publish_ephemeral(&self, events: Vec<(UserId, Event)>) {
+        let envelopes = events
+            .into_iter()
+            .map(|(user, event)| Envelope::to_user(user, ServerEvent::new(None, event)))
+            .collect();
+        self.send(envelopes).await;
+    }
+
+    /// Pushes an event that is not stored to some devices of one user.
+    pub async fn publish_to_devices(&self, user: UserId, devices: Devices, event: Event) {
+        let envelope = Envelope {
+            user,
+            devices,
+            event: ServerEvent::new(None, event),
+        };
+        self.send(vec![envelope]).await;
+    }
+
+    async fn send(&self, envelopes: Vec<Envelope>) {
+        if envelopes.is_empty() {
+            return;
+        }
+        // Stored events are safe in the store; a device that misses them
+        // now replays them on its next connection.
+        if let Err(error) = self.bus.publish(envelopes).await {
+            tracing::warn!(%error, "publishing events failed");
+        }
+    }
+}
+
+/// [`Notifier::notify`] with the state's store and bus.
 pub async fn notify(state: &AppState, events: Vec<(UserId, Event)>) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let deliveries = state
-        .store
-        .append_events(&events, OffsetDateTime::now_utc())
-        .await?;
-    publish(state, &deliveries).await;
-    Ok(())
+    state.notifier().notify(events).await
 }
 
-/// Pushes already stored events to connected devices.
+/// [`Notifier::publish`] with the state's bus.
 pub async fn publish(state: &AppState, deliveries: &[Delivery]) {
-    let events = deliveries
-        .iter()
-        .map(|delivery| (delivery.user_id, delivery.to_server_event()))
-        .collect();
-    send(state, events).await;
+    state.notifier().publish(deliveries).await
 }
 
-/// Pushes events that are not stored to connected devices.
+/// [`Notifier::publish_ephemeral`] with the state's bus.
 pub async fn publish_ephemeral(state: &AppState, events: Vec<(UserId, Event)>) {
-    let events = events
-        .into_iter()
-        .map(|(user, event)| (user, ServerEvent::new(None, event)))
-        .collect();
-    send(state, events).await;
-}
-
-async fn send(state: &AppState, events: Vec<(UserId, ServerEvent)>) {
-    if events.is_empty() {
-        return;
-    }
-    // The events are safe in the store; a device that misses them now
-    // replays them on its next connection.
-    if let Err(error) = state.bus.publish(events).await {
-        tracing::warn!(%error, "publishing events failed");
-    }
+    state.notifier().publish_ephemeral(events).await
 }

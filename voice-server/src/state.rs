@@ -17,7 +17,9 @@ use crate::auth::AuthUser;
 use crate::auth::allowlist::{RedirectPolicy, UserAllowlist};
 use crate::auth::flows::AuthFlows;
 use crate::auth::tokens::{ServerSecret, Tokens};
+use crate::calls::{Calls, call_config};
 use crate::config::Config;
+use crate::notify::Notifier;
 use crate::one_shot::OneShotMap;
 use crate::presence::PresenceTracker;
 
@@ -47,6 +49,8 @@ pub struct AppState {
     /// Turns true when the server starts shutting down, so long-lived
     /// connections close themselves.
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
+    /// The calls in progress (a driver task owns them).
+    pub calls: Calls,
 }
 
 impl AppState {
@@ -119,6 +123,14 @@ impl AppState {
             Duration::from_secs(config.ws.ticket_ttl_secs),
         );
 
+        let calls = Calls::spawn(
+            call_config(&config.calls),
+            Notifier {
+                store: store.clone(),
+                bus: bus.clone(),
+            },
+        );
+
         Ok(Self {
             config: Arc::new(config),
             store,
@@ -134,7 +146,15 @@ impl AppState {
             presence: Arc::new(PresenceTracker::default()),
             ws_tickets: Arc::new(Mutex::new(ws_tickets)),
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
+            calls,
         })
+    }
+
+    pub fn notifier(&self) -> Notifier {
+        Notifier {
+            store: self.store.clone(),
+            bus: self.bus.clone(),
+        }
     }
 }
 

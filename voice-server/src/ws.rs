@@ -11,10 +11,18 @@
 //! pruned it gets `resync_required` instead. A device that cannot keep up
 //! is closed with code 4008 and resumes later with `since`.
 //!
-//! Close codes: 1001 server shutting down; 1009 inbound message too large;
-//! 1011 server error; 4002 idle (no traffic, pongs included, for
+//! After any replay the device gets `ready` with its current `latest_seq`.
+//! Live events can be published out of order (each by the task that
+//! committed it); a gap in `seq` is filled from the store, so a device
+//! sees its events once each, in order.
+//!
+//! Close codes: 1001 server shutting down; 1002 malformed frame; 1009
+//! inbound message too large; 1011 server error; 4001 the session ended
+//! (signed out); 4002 idle (no traffic, pongs included, for
 //! `ws.idle_timeout_secs`); 4008 slow consumer (its queue of
-//! `ws.outbound_queue` events overflowed).
+//! `ws.outbound_queue` events overflowed), or the socket stopped taking
+//! writes for `ws.send_timeout_ms` (then dropped without a close frame,
+//! which could not be delivered anyway).
 
 use std::time::{Duration, Instant};
 
@@ -28,22 +36,28 @@ use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use voice_core::bus::SubscriptionEnd;
+use voice_core::call::Device;
 use voice_core::model::FriendStatus;
-use voice_core::wire::{ClientMessage, ErrorBody, Event, Presence, Replay, ServerEvent, WsTicket};
+use voice_core::wire::{
+    ClientMessage, ErrorBody, Event, Presence, RawJson, Replay, ServerEvent, WsTicket,
+};
 use voice_core::{Error, UserId};
 
 use crate::auth::AuthUser;
 use crate::auth::extract::bearer_token;
 use crate::auth::flows::lock;
 use crate::auth::tokens::{hash_token, random_token};
+use crate::calls::routes::call_error;
 use crate::error::{ApiError, ApiResult, Json, Query};
 use crate::messages::{can_send, check_message_rate, participants};
 use crate::notify::publish_ephemeral;
 use crate::state::AppState;
 
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_TOO_LARGE: u16 = 1009;
 pub const CLOSE_SERVER_ERROR: u16 = 1011;
+pub const CLOSE_SESSION_ENDED: u16 = 4001;
 pub const CLOSE_IDLE: u16 = 4002;
 pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
@@ -127,7 +141,11 @@ async fn connection(state: AppState, user: AuthUser, since: Option<u64>, socket:
     };
     let subscription = match state
         .bus
-        .subscribe(user.user_id, state.config.ws.outbound_queue)
+        .subscribe(
+            user.user_id,
+            user.session_id,
+            state.config.ws.outbound_queue,
+        )
         .await
     {
         Ok(subscription) => subscription,
@@ -140,12 +158,21 @@ async fn connection(state: AppState, user: AuthUser, since: Option<u64>, socket:
     if state.presence.connect(user.user_id) {
         announce_presence(&state, user.user_id, true, None).await;
     }
+    let device = Device {
+        user: user.user_id,
+        session: user.session_id,
+    };
+    state.calls.device_back(device).await;
     let close = serve(&state, user, since, &mut link, subscription).await;
     if let Some(close) = close {
         link.close(close.code, close.reason).await;
     }
+    state.calls.device_away(device).await;
     if state.presence.disconnect(user.user_id) {
-        let now = OffsetDateTime::now_utc();
+        // Stored to the millisecond, like every stored time.
+        let now = OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| OffsetDateTime::now_utc());
         if let Err(error) = state.store.set_last_seen(user.user_id, now).await {
             tracing::warn!(%error, "cannot record last seen");
         }
@@ -233,12 +260,30 @@ async fn serve(
     // either replayed or arrives live, and `last_seq` drops the repeat.
     let mut last_seq = match since {
         Some(since) => match replay(state, user.user_id, since, link).await {
-            Ok(Some(seq)) => Some(seq),
+            Ok(Some(seq)) => seq,
             Ok(None) => return None,
             Err(()) => return Some(server_error),
         },
-        None => None,
+        None => match state.store.latest_event_seq(user.user_id).await {
+            Ok(seq) => seq,
+            Err(error) => {
+                tracing::error!(%error, "reading the latest event seq failed");
+                return Some(server_error);
+            }
+        },
     };
+    if link
+        .send(&ServerEvent::new(
+            None,
+            Event::Ready {
+                latest_seq: last_seq,
+            },
+        ))
+        .await
+        .is_err()
+    {
+        return None;
+    }
 
     let config = &state.config.ws;
     let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
@@ -252,13 +297,30 @@ async fn serve(
         tokio::select! {
             event = subscription.next() => match event {
                 Ok(event) => {
-                    if let (Some(seq), Some(last)) = (event.seq, last_seq)
-                        && seq <= last
-                    {
-                        continue;
+                    if let Event::SessionEnded { .. } = event.event {
+                        let _ = link.send(&event).await;
+                        return Some(Close { code: CLOSE_SESSION_ENDED, reason: "session ended" });
                     }
-                    if event.seq.is_some() {
-                        last_seq = event.seq;
+                    if let Some(seq) = event.seq {
+                        if seq <= last_seq {
+                            continue;
+                        }
+                        if seq > last_seq + 1 {
+                            // Events are published after their commit, by
+                            // whichever task committed them, so they can
+                            // arrive out of order. Everything up to `seq`
+                            // is committed by now: take the gap from the
+                            // store, in order.
+                            match replay(state, user.user_id, last_seq, link).await {
+                                Ok(Some(seq)) => last_seq = seq,
+                                Ok(None) => return None,
+                                Err(()) => return Some(server_error),
+                            }
+                            if seq <= last_seq {
+                                continue;
+                            }
+                        }
+                        last_seq = seq;
                     }
                     if link.send(&event).await.is_err() {
                         return None;
@@ -277,7 +339,12 @@ async fn serve(
                     None | Some(Ok(Message::Close(_))) => return None,
                     Some(Err(error)) => {
                         tracing::debug!(%error, "WebSocket read failed");
-                        return Some(Close { code: CLOSE_TOO_LARGE, reason: "message too large or malformed frame" });
+                        let text = error.to_string();
+                        return Some(if text.contains("too long") || text.contains("Space limit") {
+                            Close { code: CLOSE_TOO_LARGE, reason: "message too large" }
+                        } else {
+                            Close { code: CLOSE_PROTOCOL, reason: "malformed frame" }
+                        });
                     }
                     Some(Ok(Message::Text(text))) => {
                         if handle_client_message(state, user, text.as_str(), link).await.is_err() {
@@ -359,6 +426,30 @@ async fn replay(
     }
 }
 
+/// A signal payload is `{"sdp": …}` or `{"candidate": …}`, within its
+/// size limit. Only the shape is checked; the bytes are relayed as sent.
+fn check_signal(state: &AppState, payload: &RawJson) -> Result<(), Error> {
+    let limits = &state.config.calls;
+    let shape: serde_json::Map<String, serde_json::Value> = serde_json::from_str(payload.get())
+        .map_err(|_| Error::bad_request("payload must be {\"sdp\": …} or {\"candidate\": …}"))?;
+    let limit = match (shape.len(), shape.keys().next().map(String::as_str)) {
+        (1, Some("sdp")) => limits.max_sdp_bytes,
+        (1, Some("candidate")) => limits.max_candidate_bytes,
+        _ => {
+            return Err(Error::bad_request(
+                "payload must be {\"sdp\": …} or {\"candidate\": …}",
+            ));
+        }
+    };
+    if payload.get().len() > limit {
+        return Err(Error::new(
+            voice_core::ErrorCode::PayloadTooLarge,
+            format!("this signal may be at most {limit} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Handles one text message from the device. Bad input gets an error
 /// event; only a failed write ends the connection.
 async fn handle_client_message(
@@ -394,6 +485,21 @@ async fn handle_client_message(
                     .collect();
                 publish_ephemeral(state, others).await;
                 Ok(())
+            }
+            ClientMessage::CallSignal { call_id, payload } => {
+                check_signal(state, &payload)?;
+                let from = Device {
+                    user: user.user_id,
+                    session: user.session_id,
+                };
+                match state
+                    .calls
+                    .signal(call_id, from, payload.get().to_owned())
+                    .await
+                {
+                    Ok(()) => Ok(()),
+                    Err(error) => Err(call_error(state, call_id, error).await.0),
+                }
             }
             _ => Err(Error::bad_request("unsupported message")),
         }

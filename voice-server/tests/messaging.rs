@@ -851,3 +851,56 @@ async fn sending_too_fast_is_rate_limited() {
         "rate_limited"
     );
 }
+
+// Several worker threads, as in production, so that publishing tasks race.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_live_socket_gets_every_event_once_in_order_under_concurrent_senders() {
+    let server = server().await;
+    let bob = User::sign_in(&server, "bob").await;
+    let mut senders = Vec::new();
+    for i in 0..4 {
+        let sender = User::sign_in(&server, &format!("sender-{i}")).await;
+        befriend(&sender, &bob).await;
+        senders.push(sender);
+    }
+    let mut socket = bob.connect(None).await;
+    let ready = socket.next_of("ready").await;
+    let mut expected_seq = ready["latest_seq"].as_u64().unwrap() + 1;
+
+    const EACH: usize = 100;
+    let mut tasks = Vec::new();
+    for sender in senders {
+        let bob = bob.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..EACH {
+                sender.message(&bob, &format!("{i}")).await;
+            }
+        }));
+    }
+    let mut received = BTreeSet::new();
+    while received.len() < 4 * EACH {
+        let event = socket.next_stored().await;
+        assert_eq!(seq(&event), expected_seq, "no gap, no repeat, in order");
+        expected_seq += 1;
+        received.insert(event["message"]["id"].as_str().unwrap().to_string());
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn signing_out_closes_the_devices_socket() {
+    let server = server().await;
+    let alice = User::sign_in(&server, "alice").await;
+    let other_device = User::sign_in(&server, "alice").await;
+    let mut socket = alice.connect(None).await;
+    let mut other = other_device.connect(None).await;
+    socket.next_of("ready").await;
+    other.next_of("ready").await;
+    assert_eq!(alice.post("/v1/auth/logout", json!({})).await.0, 204);
+    assert_eq!(socket.next_event().await["type"], "session.ended");
+    assert_eq!(socket.ended().await, Ended::Closed(Some(4001)));
+    // The other device stays connected and signed in.
+    assert_eq!(other_device.get("/v1/me").await.0, 200);
+}

@@ -356,6 +356,17 @@ async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<Stat
         .store
         .revoke_session(user.session_id, OffsetDateTime::now_utc())
         .await?;
+    // The device's open WebSocket closes too.
+    state
+        .notifier()
+        .publish_to_devices(
+            user.user_id,
+            voice_core::bus::Devices::Only(user.session_id),
+            voice_core::wire::Event::SessionEnded {
+                reason: "signed out".into(),
+            },
+        )
+        .await;
     Ok(StatusCode::NO_CONTENT)
 }
 
