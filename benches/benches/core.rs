@@ -62,5 +62,73 @@ fn tokens(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, wire, tokens);
+/// The call queue with 100,000 calls ringing: inserting a request and
+/// expiring it must stay O(log n).
+fn call_queue(c: &mut Criterion) {
+    use std::time::{Duration, Instant};
+    use voice_core::call::{CallConfig, Device};
+    use voice_core::call_queue::CallQueue;
+    use voice_core::{CallId, SessionId};
+
+    const PENDING: usize = 100_000;
+    let device = || Device {
+        user: UserId::new(),
+        session: SessionId::new(),
+    };
+    let mut group = c.benchmark_group("call_queue");
+    group.throughput(criterion::Throughput::Elements(PENDING as u64));
+    group.sample_size(10);
+    group.bench_function("insert 100k then expire all (per batch)", |b| {
+        b.iter_batched(
+            || {
+                let callers: Vec<(Device, UserId)> =
+                    (0..PENDING).map(|_| (device(), UserId::new())).collect();
+                (CallQueue::new(CallConfig::default()), callers)
+            },
+            |(mut queue, callers)| {
+                let start = Instant::now();
+                for (i, (caller, callee)) in callers.into_iter().enumerate() {
+                    let at = start + Duration::from_micros(i as u64);
+                    queue
+                        .handle_request(at, CallId::new(), caller, callee)
+                        .unwrap();
+                }
+                while queue.poll_output().is_some() {}
+                queue.handle_timeout(start + Duration::from_secs(3600));
+                assert!(queue.is_empty());
+                while queue.poll_output().is_some() {}
+                queue
+            },
+            criterion::BatchSize::PerIteration,
+        )
+    });
+    group.finish();
+
+    // One more request, and its expiry, with 100,000 others ringing.
+    let mut queue = CallQueue::new(CallConfig::default());
+    let start = Instant::now();
+    for _ in 0..PENDING {
+        queue
+            .handle_request(start, CallId::new(), device(), UserId::new())
+            .unwrap();
+    }
+    while queue.poll_output().is_some() {}
+    let mut later = start;
+    c.bench_function("call_queue/insert and cancel one among 100k pending", |b| {
+        b.iter(|| {
+            later += Duration::from_nanos(1);
+            let id = CallId::new();
+            queue
+                .handle_request(later, id, device(), UserId::new())
+                .unwrap();
+            queue.handle_reject(later, id, UserId::new()).unwrap_err();
+            queue
+                .handle_cancel(later, id, queue.get(id).unwrap().caller.user)
+                .unwrap();
+            while queue.poll_output().is_some() {}
+        })
+    });
+}
+
+criterion_group!(benches, wire, tokens, call_queue);
 criterion_main!(benches);

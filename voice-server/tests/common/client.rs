@@ -60,6 +60,27 @@ impl User {
         }
     }
 
+    /// The same device, talking to another server (after a restart).
+    pub fn on(self, server: &TestServer) -> Self {
+        Self {
+            base: server.url(""),
+            ..self
+        }
+    }
+
+    /// This device's session id (the `sid` of its access token).
+    pub fn session(&self) -> String {
+        use base64::Engine;
+        let payload = self.token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["sid"].as_str().unwrap().to_string()
+    }
+
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self
             .client
@@ -168,6 +189,22 @@ pub enum Ended {
 }
 
 impl Socket {
+    /// The next event's text exactly as sent, skipping pings.
+    pub async fn next_text(&mut self) -> String {
+        loop {
+            let message = tokio::time::timeout(EVENT_WAIT, self.stream.next())
+                .await
+                .expect("an event in time")
+                .expect("the socket is open")
+                .expect("a frame");
+            match message {
+                WsMessage::Text(text) => return text.as_str().to_string(),
+                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
+                other => panic!("expected an event, got {other:?}"),
+            }
+        }
+    }
+
     /// The next JSON event, skipping pings.
     pub async fn next_event(&mut self) -> Value {
         loop {

@@ -27,7 +27,14 @@ impl TestServer {
     /// Starts a server on 127.0.0.1:0 with its database in a fresh
     /// temporary directory; `configure` adjusts the defaults.
     pub async fn start(configure: impl FnOnce(&mut Config)) -> Self {
-        let data_dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), configure).await
+    }
+
+    /// Starts a server on the data of an earlier one.
+    pub async fn start_in(
+        data_dir: tempfile::TempDir,
+        configure: impl FnOnce(&mut Config),
+    ) -> Self {
         let mut config = Config {
             bind: "127.0.0.1:0".parse().unwrap(),
             data_dir: data_dir.path().to_path_buf(),
@@ -57,8 +64,19 @@ impl TestServer {
         format!("http://{}{}", self.addr, path)
     }
 
+    /// Stops the server and hands back its data, for a restart.
+    pub async fn stop_keeping_data(mut self) -> tempfile::TempDir {
+        self.shutdown_and_wait().await;
+        let placeholder = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.data_dir, placeholder)
+    }
+
     /// Stops the server gracefully and waits until the database is closed.
     pub async fn stop(mut self) {
+        self.shutdown_and_wait().await;
+    }
+
+    async fn shutdown_and_wait(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
