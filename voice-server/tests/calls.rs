@@ -336,6 +336,10 @@ async fn a_device_that_comes_back_within_the_grace_keeps_the_call() {
 #[tokio::test]
 async fn signaling_reaches_only_the_other_device_byte_for_byte() {
     let mut s = scene(|_| {}).await;
+    // Alice has a second device too; it is not the calling one.
+    let alice_tablet = User::sign_in(&s.server, "alice").await;
+    let mut tablet_socket = alice_tablet.connect(None).await;
+    tablet_socket.next_of("ready").await;
     let id = ring(&mut s).await;
     // Odd spacing and escapes on purpose: the bytes must arrive as sent.
     let offer = r#"{"sdp":{"type":"offer","sdp":"v=0\r\na=fingerprint:sha-256 4A:AD:B9:B1:3F:82:18:3B\r\na=setup:actpass\u0000"}}"#;
