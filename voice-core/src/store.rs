@@ -259,10 +259,31 @@ pub trait CallStore: Send + Sync {
     async fn unfinished_calls(&self) -> Result<Vec<CallRecord>>;
 }
 
+/// Admins' runtime edits to the list of STUN servers. The effective list
+/// is the configured one plus the URLs added here, minus those removed
+/// here, so an edit survives restarts and a removed default stays removed.
+#[async_trait]
+pub trait IceStore: Send + Sync {
+    /// Every edit: each URL with whether it was added (`true`) or removed
+    /// (`false`), in the order they were first made.
+    async fn stun_overrides(&self) -> Result<Vec<(String, bool)>>;
+
+    /// Records that `url` is added (`true`) or removed (`false`); a later
+    /// edit of the same URL replaces the earlier one.
+    async fn set_stun_override(&self, url: &str, added: bool, now: OffsetDateTime) -> Result<()>;
+}
+
 /// Everything the server needs from persistence.
 #[async_trait]
 pub trait Store:
-    UserStore + SessionStore + FriendStore + MessageStore + GroupStore + EventStore + CallStore
+    UserStore
+    + SessionStore
+    + FriendStore
+    + MessageStore
+    + GroupStore
+    + EventStore
+    + CallStore
+    + IceStore
 {
     /// Succeeds when the database answers a query: the readiness probe.
     async fn ping(&self) -> Result<()>;
