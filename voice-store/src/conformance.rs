@@ -46,6 +46,7 @@ pub async fn run_all(store: &dyn Store) {
     event_pruning(store).await;
     calls(store).await;
     call_history(store).await;
+    ice_overrides(store).await;
 }
 
 /// `ping` succeeds on a working store.
@@ -1904,6 +1905,117 @@ pub async fn call_history(store: &dyn Store) {
         }
         assert_eq!(paged, all_of_u, "pages of {limit}");
     }
+}
+
+/// `set_stun_override` and `stun_overrides`: each edited URL once, with
+/// its latest edit (added or removed), in the order the URLs were first
+/// edited; editing a URL again, even racing, keeps its place. A URL must
+/// be 1 to 512 bytes long (bytes, not characters); others are bad requests
+/// and change nothing.
+///
+/// The list is global: this looks only at the URLs it made, each naming
+/// this run.
+pub async fn ice_overrides(store: &dyn Store) {
+    let t0 = now();
+    let run = Uuid::now_v7().to_string();
+    let url = |name: &str| format!("stun:{name}-{run}.example:3478");
+    let [first, second, third, raced] = ["first", "second", "third", "raced"].map(url);
+    let ours = || async {
+        store
+            .stun_overrides()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|(url, _)| url.contains(&run))
+            .collect::<Vec<_>>()
+    };
+    let set = |url: &str, added, at| {
+        let url = url.to_owned();
+        async move { store.set_stun_override(&url, added, at).await.unwrap() }
+    };
+    let edit = |url: &String, added| (url.clone(), added);
+
+    assert!(ours().await.is_empty(), "nothing edited yet");
+    set(&first, true, t0).await;
+    assert_eq!(ours().await, vec![edit(&first, true)]);
+    set(&second, false, t0 + millis(1)).await;
+    assert_eq!(
+        ours().await,
+        vec![edit(&first, true), edit(&second, false)],
+        "a removal is an edit too, listed after the earlier one"
+    );
+
+    // Removing what was added, then adding it back: the URL keeps its
+    // first place.
+    set(&first, false, t0 + millis(2)).await;
+    assert_eq!(
+        ours().await,
+        vec![edit(&first, false), edit(&second, false)]
+    );
+    set(&third, true, t0 + millis(3)).await;
+    set(&first, true, t0 + millis(4)).await;
+    assert_eq!(
+        ours().await,
+        vec![edit(&first, true), edit(&second, false), edit(&third, true)],
+        "a re-added URL stays where it was first edited"
+    );
+    // The same edit again changes nothing.
+    set(&second, false, t0 + millis(5)).await;
+    assert_eq!(
+        ours().await,
+        vec![edit(&first, true), edit(&second, false), edit(&third, true)]
+    );
+
+    // Two edits of a new URL racing: it is listed once, with one of them.
+    let at = t0 + millis(6);
+    tokio::join!(set(&raced, true, at), set(&raced, false, at));
+    let listed = ours().await;
+    assert_eq!(listed.len(), 4, "{listed:?}");
+    assert_eq!(
+        listed[..3],
+        [edit(&first, true), edit(&second, false), edit(&third, true)]
+    );
+    assert_eq!(listed[3].0, raced, "{listed:?}");
+
+    // Lengths count bytes: 512 is the most, whatever the characters.
+    let padded = |pad: &str, bytes: usize| {
+        let mut url = url("long");
+        while url.len() + pad.len() <= bytes {
+            url.push_str(pad);
+        }
+        url
+    };
+    let longest = padded("a", 512);
+    assert_eq!(longest.len(), 512);
+    set(&longest, true, t0 + millis(7)).await;
+    let too_long = padded("a", 513);
+    assert_eq!(too_long.len(), 513);
+    // Fewer than 512 characters, more than 512 bytes.
+    let wide = padded("é", 514);
+    assert!(wide.len() > 512 && wide.chars().count() < 512, "{wide}");
+    for (url, what) in [
+        (String::new(), "an empty URL"),
+        (too_long, "a URL of 513 bytes"),
+        (wide, "a URL of more than 512 bytes in fewer characters"),
+    ] {
+        assert_code(
+            store.set_stun_override(&url, true, t0 + millis(8)).await,
+            ErrorCode::BadRequest,
+            what,
+        );
+    }
+    let listed = ours().await;
+    assert_eq!(listed.len(), 5, "only the valid URLs: {listed:?}");
+    assert_eq!(listed[4], (longest, true));
+    assert!(
+        !store
+            .stun_overrides()
+            .await
+            .unwrap()
+            .iter()
+            .any(|(url, _)| url.is_empty()),
+        "no backend stores an empty URL"
+    );
 }
 
 /// A call from `caller` to `callee`, just started.

@@ -18,7 +18,8 @@ use voice_core::model::{
     NewMessage, RefreshToken, Session, SpendOutcome, User,
 };
 use voice_core::store::{
-    CallStore, EventStore, FriendStore, GroupStore, MessageStore, SessionStore, Store, UserStore,
+    CallStore, EventStore, FriendStore, GroupStore, IceStore, MessageStore, SessionStore, Store,
+    UserStore,
 };
 use voice_core::wire::{Delivery, Event, Replay};
 
@@ -1408,6 +1409,51 @@ impl CallStore for SqliteStore {
                 .prepare_cached(UNFINISHED_CALLS)?
                 .query_map([], call_row)?
                 .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+}
+
+/// The longest STUN URL an override may name, in bytes (the schema checks
+/// the same bound).
+const MAX_STUN_URL_BYTES: usize = 512;
+
+/// Every override, in the order its URL was first edited, url breaking
+/// ties.
+const STUN_OVERRIDES: &str = "SELECT url, added FROM stun_overrides ORDER BY first_set_at, url";
+
+#[async_trait]
+impl IceStore for SqliteStore {
+    async fn stun_overrides(&self) -> Result<Vec<(String, bool)>> {
+        self.read(|conn| {
+            Ok(conn
+                .prepare_cached(STUN_OVERRIDES)?
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
+    async fn set_stun_override(&self, url: &str, added: bool, now: OffsetDateTime) -> Result<()> {
+        if url.is_empty() {
+            return Err(Error::bad_request("a STUN URL cannot be empty"));
+        }
+        if url.len() > MAX_STUN_URL_BYTES {
+            return Err(Error::bad_request(format!(
+                "a STUN URL is at most {MAX_STUN_URL_BYTES} bytes"
+            )));
+        }
+        let url = url.to_owned();
+        self.write(move |conn| {
+            // A later edit replaces the earlier one but keeps its place.
+            conn.prepare_cached(
+                "INSERT INTO stun_overrides (url, added, first_set_at, updated_at)
+                 VALUES (?1, ?2, ?3, ?3)
+                 ON CONFLICT (url) DO UPDATE
+                 SET added = excluded.added, updated_at = excluded.updated_at",
+            )?
+            .execute(params![url, added, ms(now)])?;
+            Ok(())
         })
         .await
     }

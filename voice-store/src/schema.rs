@@ -200,6 +200,19 @@ const MIGRATIONS: &[&str] = &[
     -- The calls still on: after a restart, the ones the server lost.
     CREATE INDEX calls_unfinished ON calls (started_at, id) WHERE outcome IS NULL;
     ",
+    // 4: admins' runtime edits to the STUN server list.
+    "
+    -- One row per edited URL: added (1) or removed (0). A later edit of the
+    -- same URL replaces added and updated_at but keeps first_set_at, which
+    -- with url orders the list. url is at most 512 bytes, not characters.
+    CREATE TABLE stun_overrides (
+        url TEXT PRIMARY KEY NOT NULL
+            CHECK (length(CAST(url AS BLOB)) BETWEEN 1 AND 512),
+        added INTEGER NOT NULL CHECK (added IN (0, 1)),
+        first_set_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    ) STRICT;
+    ",
 ];
 
 /// The schema version this build creates and understands.
@@ -473,6 +486,84 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(unfinished, vec!["call-1".to_owned()]);
+    }
+
+    /// A database of version 3 with users and a call gains an empty list
+    /// of STUN overrides, one row per URL, whose constraints hold: added is
+    /// 0 or 1, a URL is 1 to 512 bytes, times are integers.
+    #[test]
+    fn migration_4_adds_stun_overrides() {
+        use rusqlite::types::Value::{Integer, Text};
+
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        migrate_with(&mut conn, &MIGRATIONS[..3]).unwrap();
+        assert_eq!(version(&conn), 3);
+        let id = |n: u32| format!("00000000-0000-7000-8000-{n:012x}");
+        let (a, b) = (id(0xa), id(0xb));
+        for user in [&a, &b] {
+            conn.execute(
+                "INSERT INTO users (id, issuer, subject, created_at)
+                 VALUES (?1, 'https://old.example', ?1, 0)",
+                [user],
+            )
+            .unwrap();
+        }
+        conn.execute(
+            "INSERT INTO calls (id, caller, callee, started_at) VALUES ('call-1', ?1, ?2, 0)",
+            [&a, &b],
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+        let count = |table: &str| -> i64 {
+            conn.query_row(&format!("SELECT count(*) FROM {table}"), [], |row| {
+                row.get(0)
+            })
+            .unwrap()
+        };
+        assert_eq!(
+            (count("users"), count("calls")),
+            (2, 1),
+            "existing data stays"
+        );
+        assert_eq!(count("stun_overrides"), 0, "no edits yet");
+        let insert = |url: &str, added: rusqlite::types::Value| {
+            conn.execute(
+                "INSERT INTO stun_overrides (url, added, first_set_at, updated_at)
+                 VALUES (?1, ?2, 0, 0)",
+                rusqlite::params![url, added],
+            )
+        };
+        insert("stun:a.example", Integer(1)).unwrap();
+        insert("stun:b.example", Integer(0)).unwrap();
+        assert!(
+            insert("stun:a.example", Integer(0)).is_err(),
+            "one row per URL"
+        );
+        assert!(
+            insert("stun:c.example", Integer(2)).is_err(),
+            "added is 0 or 1"
+        );
+        assert!(
+            insert("stun:c.example", Text("yes".to_owned())).is_err(),
+            "added is an integer"
+        );
+        assert!(insert("", Integer(1)).is_err(), "an empty URL");
+        insert(&"a".repeat(512), Integer(1)).unwrap();
+        assert!(insert(&"a".repeat(513), Integer(1)).is_err(), "513 bytes");
+        assert!(
+            insert(&"é".repeat(257), Integer(1)).is_err(),
+            "257 characters, 514 bytes"
+        );
+        let time_is_strict = conn.execute(
+            "INSERT INTO stun_overrides (url, added, first_set_at, updated_at)
+             VALUES ('stun:d.example', 1, 'soon', 0)",
+            [],
+        );
+        assert!(time_is_strict.is_err());
+        assert_eq!(count("stun_overrides"), 3);
     }
 
     #[test]

@@ -28,3 +28,16 @@ async fn the_suite_runs_again_on_a_database_that_has_data() {
     conformance::run_all(&reopened).await;
     reopened.close().await;
 }
+
+/// The checks that read a global list (here the STUN overrides) look only
+/// at their own rows, so two runs editing one database at once both pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_overrides_pass_beside_another_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&dir.path().join("voice.db"), SqliteOptions::default()).unwrap();
+    tokio::join!(
+        conformance::ice_overrides(&store),
+        conformance::ice_overrides(&store)
+    );
+    store.close().await;
+}

@@ -8,7 +8,7 @@ use time::OffsetDateTime;
 use voice_core::ErrorCode;
 use voice_core::ids::{CallId, MessageId, UserId};
 use voice_core::model::{CallOutcome, CallRecord, Conversation, Identity, NewMessage, User};
-use voice_core::store::{CallStore, EventStore, MessageStore, Store, UserStore};
+use voice_core::store::{CallStore, EventStore, IceStore, MessageStore, Store, UserStore};
 use voice_core::wire::{Delivery, Event, Replay};
 use voice_store::{SCHEMA_VERSION, SqliteOptions, SqliteStore};
 
@@ -492,5 +492,34 @@ async fn call_history_lists_a_self_call_once_and_breaks_ties_by_id() {
         .map(|record| record.id)
         .collect();
     assert_eq!(listed, vec![second.id, first.id, to_self.id]);
+    store.close().await;
+}
+
+/// STUN overrides first edited in the same millisecond are listed by URL;
+/// a later edit keeps a URL's first place even when its clock reads
+/// earlier.
+#[tokio::test]
+async fn stun_overrides_break_ties_by_url_and_keep_the_first_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    for (url, added, second) in [
+        ("stun:c.example", true, 1),
+        ("stun:b.example", false, 1),
+        ("stun:a.example", true, 2),
+        ("stun:c.example", false, 0),
+    ] {
+        store
+            .set_stun_override(url, added, at_second(second))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        store.stun_overrides().await.unwrap(),
+        vec![
+            ("stun:b.example".to_owned(), false),
+            ("stun:c.example".to_owned(), false),
+            ("stun:a.example".to_owned(), true),
+        ]
+    );
     store.close().await;
 }
