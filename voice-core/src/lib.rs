@@ -14,6 +14,8 @@ pub mod error;
 pub mod ids;
 pub mod model;
 pub mod store;
+pub mod stun;
+pub mod stun_check;
 pub mod wire;
 
 pub use error::{Error, ErrorCode};
