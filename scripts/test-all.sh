@@ -7,15 +7,19 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 install_tools() {
-    # Debian packages the tests need. None yet beyond the toolchain; later
-    # issues add coturn and chromium here.
-    local packages=()
+    # Debian packages the tests need: coturn (a real STUN/TURN server for
+    # the ICE tests).
+    local packages=(coturn)
     local missing=()
     for package in "${packages[@]}"; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
     done
     if ((${#missing[@]})); then
         log "installing ${missing[*]}"
+        if [ "$(id -u)" -ne 0 ]; then
+            echo "missing packages ${missing[*]}: run as root, or install them first" >&2
+            exit 1
+        fi
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
     fi
@@ -42,7 +46,7 @@ cargo bench -p voice-benches -- --test
 log "fuzz smoke run"
 # Stable toolchain only: no sanitizers, and RUSTC_BOOTSTRAP for the flags
 # cargo-fuzz passes.
-for target in wire_decode access_token; do
+for target in wire_decode access_token stun_responder; do
     RUSTC_BOOTSTRAP=1 cargo fuzz run --sanitizer none "$target" -- \
         -max_total_time=20 -rss_limit_mb=2048
 done

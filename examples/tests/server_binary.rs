@@ -18,6 +18,9 @@ fn start(dir: &std::path::Path, args: &[&str]) -> Running {
         .args(args)
         .current_dir(dir)
         .env("VOICE_LOG", "info")
+        // Nothing leaves this machine in tests: no public STUN servers.
+        .env("VOICE_ICE__STUN_SERVERS", "[]")
+        .env("VOICE_ICE__RESPONDER__BIND", "127.0.0.1:0")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -26,6 +29,9 @@ fn start(dir: &std::path::Path, args: &[&str]) -> Running {
     let mut addr = None;
     for line in stdout.lines() {
         let line = line.unwrap();
+        if !line.contains("voice-server listening") {
+            continue;
+        }
         if let Some(rest) = line.split("addr=").nth(1) {
             addr = Some(rest.split_whitespace().next().unwrap().to_string());
             break;
@@ -112,6 +118,7 @@ fn refuses_dev_sign_in_on_a_public_address() {
         .args(["--bind", "0.0.0.0:0"])
         .current_dir(dir.path())
         .env("VOICE_AUTH__DEV_LOGIN", "true")
+        .env("VOICE_ICE__STUN_SERVERS", "[]")
         .output()
         .unwrap();
     assert!(!output.status.success());

@@ -263,6 +263,67 @@ pub struct IceServer {
     pub credential: Option<String>,
 }
 
+/// `GET /v1/ice-servers`: what a client gives WebRTC as `iceServers`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IceServersResponse {
+    /// STUN servers verified recently, fastest first, then TURN.
+    pub ice_servers: Vec<IceServer>,
+    /// Seconds the list (and its TURN credentials) stays good.
+    pub ttl: u64,
+    /// Set when no STUN server is healthy now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+}
+
+/// Body naming one `stun:` URL, for the admin endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StunUrlRequest {
+    pub url: String,
+}
+
+/// `GET /v1/admin/ice/stun`: the STUN servers the server checks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StunListResponse {
+    pub servers: Vec<String>,
+}
+
+/// How one STUN server fared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StunServerStatus {
+    pub url: String,
+    /// `unknown` (not checked yet), `healthy` or `unhealthy`.
+    pub state: String,
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub last_check: Option<OffsetDateTime>,
+    /// Round-trip time of the last successful check, in milliseconds.
+    pub rtt_ms: Option<f64>,
+    pub last_error: Option<String>,
+    pub consecutive_failures: u32,
+}
+
+/// The built-in STUN responder's counters.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct StunResponderStatus {
+    pub address: String,
+    pub url: String,
+    pub answered: u64,
+    pub malformed: u64,
+    pub rate_limited: u64,
+}
+
+/// `GET /v1/admin/ice/status`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct IceStatusResponse {
+    pub servers: Vec<StunServerStatus>,
+    pub responder: Option<StunResponderStatus>,
+}
+
 /// Where a call stands, as the API shows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

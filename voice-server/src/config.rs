@@ -31,6 +31,7 @@ pub struct Config {
     pub ws: WsConfig,
     pub events: EventsConfig,
     pub calls: CallsConfig,
+    pub ice: IceConfig,
 }
 
 impl Default for Config {
@@ -45,6 +46,7 @@ impl Default for Config {
             ws: WsConfig::default(),
             events: EventsConfig::default(),
             calls: CallsConfig::default(),
+            ice: IceConfig::default(),
         }
     }
 }
@@ -292,6 +294,104 @@ impl Default for CallsConfig {
             max_candidate_bytes: 1024,
             max_buffered_signals: 64,
             max_buffered_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// The ICE servers handed to clients: STUN servers the server verified
+/// recently, its own STUN responder, and TURN with short-lived credentials.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IceConfig {
+    /// `stun:host[:port]` URLs to verify and hand out. Admins edit the
+    /// list at run time (`/v1/admin/ice/stun`); edits persist in the store.
+    pub stun_servers: Vec<String>,
+    /// Emails of the users who may edit the list and see its status.
+    pub admins: Vec<String>,
+    /// Seconds between two probes of one server, before jitter.
+    pub probe_interval_secs: u64,
+    /// Each interval is stretched or shrunk by up to this fraction, at
+    /// random, so probes do not march in step.
+    pub probe_jitter: f64,
+    /// First retransmission timeout of a probe (RFC 5389 RTO), doubling.
+    pub probe_rto_ms: u64,
+    /// Most transmissions of one probe.
+    pub probe_max_transmits: u32,
+    /// A probe with no answer after this long has failed.
+    pub probe_timeout_ms: u64,
+    /// Consecutive failed probes after which a server counts as unhealthy.
+    pub unhealthy_after: u32,
+    pub responder: StunResponderConfig,
+    pub turn: TurnConfig,
+}
+
+impl Default for IceConfig {
+    fn default() -> Self {
+        Self {
+            stun_servers: vec![
+                "stun:stun.l.google.com:19302".into(),
+                "stun:stun1.l.google.com:19302".into(),
+                "stun:stun.cloudflare.com:3478".into(),
+            ],
+            admins: Vec::new(),
+            probe_interval_secs: 60,
+            probe_jitter: 0.2,
+            probe_rto_ms: 500,
+            probe_max_transmits: 7,
+            probe_timeout_ms: 5_000,
+            unhealthy_after: 3,
+            responder: StunResponderConfig::default(),
+            turn: TurnConfig::default(),
+        }
+    }
+}
+
+/// The server's own STUN responder (Binding requests over UDP).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StunResponderConfig {
+    pub enabled: bool,
+    /// Where it listens. Unset: the server's bind address, port 3478.
+    pub bind: Option<SocketAddr>,
+    /// The URL clients are given for it. Unset: `stun:<public_url host>:<port>`.
+    pub url: Option<String>,
+    /// Answers per second per source address, on average and in a burst;
+    /// beyond that requests are dropped (and counted).
+    pub per_source_per_second: u32,
+    pub per_source_burst: u32,
+}
+
+impl Default for StunResponderConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            bind: None,
+            url: None,
+            per_source_per_second: 20,
+            per_source_burst: 40,
+        }
+    }
+}
+
+/// A TURN server using coturn's `use-auth-secret` (TURN REST) scheme.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TurnConfig {
+    /// `turn:` / `turns:` URLs. Empty: no TURN.
+    pub urls: Vec<String>,
+    /// The `static-auth-secret` shared with the TURN server.
+    pub secret: Option<String>,
+    /// Lifetime of the credentials handed out. They cannot be revoked, so
+    /// keep it short.
+    pub ttl_secs: u64,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        Self {
+            urls: Vec::new(),
+            secret: None,
+            ttl_secs: 3600,
         }
     }
 }

@@ -22,6 +22,7 @@ pub mod error;
 pub mod friends;
 pub mod groups;
 pub mod health;
+pub mod ice;
 pub mod messages;
 pub mod notify;
 mod one_shot;
@@ -75,6 +76,7 @@ fn routes(state: &AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(groups::router())
         .merge(ws::router())
         .merge(calls::routes::router())
+        .merge(ice::routes::router())
         .routes(routes!(openapi::openapi_json))
         .split_for_parts()
 }
@@ -142,6 +144,14 @@ impl Server {
             provider,
             Arc::new(bus::LocalBus::new()),
         )?;
+        if state.config.ice.responder.enabled {
+            let responder = start_responder(&state).await?;
+            state
+                .ice
+                .attach_responder(responder)
+                .await
+                .map_err(StartupError::Store)?;
+        }
         match calls::close_lost_calls(&state.notifier()).await {
             Ok(0) => {}
             Ok(closed) => tracing::info!(closed, "closed the calls the last run left open"),
@@ -231,6 +241,35 @@ impl Server {
         tracing::info!("database closed");
         result
     }
+}
+
+/// Binds the built-in STUN responder next to the HTTP listener.
+async fn start_responder(state: &AppState) -> Result<ice::responder::Responder, StartupError> {
+    let config = &state.config;
+    let bind = config
+        .ice
+        .responder
+        .bind
+        .unwrap_or_else(|| SocketAddr::new(config.bind.ip(), ice::url::DEFAULT_STUN_PORT));
+    let host = url::Url::parse(&config.public_url())
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_owned))
+        .unwrap_or_else(|| bind.ip().to_string());
+    let responder = ice::responder::Responder::start(
+        &config.ice.responder,
+        bind,
+        String::new(),
+        state.shutdown.subscribe(),
+    )
+    .await
+    .map_err(|e| StartupError::Config(format!("cannot bind the STUN responder on {bind}: {e}")))?;
+    let url = config
+        .ice
+        .responder
+        .url
+        .clone()
+        .unwrap_or_else(|| format!("stun:{host}:{}", responder.addr.port()));
+    Ok(ice::responder::Responder { url, ..responder })
 }
 
 /// Completes on SIGINT or SIGTERM.

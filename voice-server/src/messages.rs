@@ -81,7 +81,7 @@ pub async fn can_send(
 #[utoipa::path(post, path = "/v1/messages", tag = "messages", security(("bearer" = [])), request_body = SendMessageRequest,
     description = "Sends a direct (to a friend) or group (as a member) message. With `client_id` a retry returns the same message (200) instead of a new one.",
     responses((status = 201, body = Message), (status = 200, description = "An idempotent retry", body = Message),
-        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 400, body = ErrorBody), (status = 403, body = ErrorBody),
         (status = 413, body = ErrorBody), (status = 429, body = ErrorBody), (status = 401, body = ErrorBody)))]
 async fn send(
     State(state): State<AppState>,

@@ -19,6 +19,7 @@ use crate::auth::flows::AuthFlows;
 use crate::auth::tokens::{ServerSecret, Tokens};
 use crate::calls::{Calls, call_config};
 use crate::config::Config;
+use crate::ice::Ice;
 use crate::notify::Notifier;
 use crate::one_shot::OneShotMap;
 use crate::presence::PresenceTracker;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub shutdown: Arc<tokio::sync::watch::Sender<bool>>,
     /// The calls in progress (a driver task owns them).
     pub calls: Calls,
+    /// ICE servers for clients, and their health.
+    pub ice: Ice,
 }
 
 impl AppState {
@@ -123,6 +126,7 @@ impl AppState {
             Duration::from_secs(config.ws.ticket_ttl_secs),
         );
 
+        let ice = Ice::start(config.ice.clone(), store.clone());
         let calls = Calls::spawn(
             call_config(&config.calls),
             Notifier {
@@ -147,6 +151,7 @@ impl AppState {
             ws_tickets: Arc::new(Mutex::new(ws_tickets)),
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
             calls,
+            ice,
         })
     }
 

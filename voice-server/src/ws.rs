@@ -53,6 +53,7 @@ use crate::messages::{can_send, check_message_rate, participants};
 use crate::notify::publish_ephemeral;
 use crate::state::AppState;
 
+pub const CLOSE_NORMAL: u16 = 1000;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 pub const CLOSE_PROTOCOL: u16 = 1002;
 pub const CLOSE_TOO_LARGE: u16 = 1009;
@@ -169,10 +170,11 @@ async fn connection(state: AppState, user: AuthUser, since: Option<u64>, socket:
     }
     state.calls.device_away(device).await;
     if state.presence.disconnect(user.user_id) {
-        // Stored to the millisecond, like every stored time.
-        let now = OffsetDateTime::now_utc()
-            .replace_nanosecond(0)
-            .unwrap_or_else(|_| OffsetDateTime::now_utc());
+        // To the millisecond, as the store keeps it.
+        let now = OffsetDateTime::now_utc();
+        let now = now
+            .replace_nanosecond(now.millisecond() as u32 * 1_000_000)
+            .unwrap_or(now);
         if let Err(error) = state.store.set_last_seen(user.user_id, now).await {
             tracing::warn!(%error, "cannot record last seen");
         }
@@ -336,7 +338,9 @@ async fn serve(
             incoming = link.socket.recv() => {
                 last_heard = Instant::now();
                 match incoming {
-                    None | Some(Ok(Message::Close(_))) => return None,
+                    None => return None,
+                    // Answer the device's close, as the protocol asks.
+                    Some(Ok(Message::Close(_))) => return Some(Close { code: CLOSE_NORMAL, reason: "" }),
                     Some(Err(error)) => {
                         tracing::debug!(%error, "WebSocket read failed");
                         let text = error.to_string();
@@ -375,7 +379,7 @@ async fn serve(
 }
 
 /// Completes once the server starts shutting down.
-async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
+pub(crate) async fn stopping(shutdown: &mut tokio::sync::watch::Receiver<bool>) {
     // The guard `wait_for` returns is dropped here, before any await.
     let _ = shutdown.wait_for(|stopping| *stopping).await.map(|_| ());
 }
@@ -487,6 +491,7 @@ async fn handle_client_message(
                 Ok(())
             }
             ClientMessage::CallSignal { call_id, payload } => {
+                check_message_rate(state, user.user_id).map_err(|e| e.0)?;
                 check_signal(state, &payload)?;
                 let from = Device {
                     user: user.user_id,

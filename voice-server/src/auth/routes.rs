@@ -312,6 +312,13 @@ async fn refresh(
             } else {
                 state.store.revoke_session(spent.session_id, now).await?;
                 tracing::warn!(session = %spent.session_id, "refresh token reused; session revoked");
+                end_device_connection(
+                    &state,
+                    spent.user_id,
+                    spent.session_id,
+                    "session revoked: refresh token reused",
+                )
+                .await;
                 return Err(
                     Error::unauthorized("refresh token reused; the session was revoked").into(),
                 );
@@ -356,18 +363,22 @@ async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<Stat
         .store
         .revoke_session(user.session_id, OffsetDateTime::now_utc())
         .await?;
-    // The device's open WebSocket closes too.
+    end_device_connection(&state, user.user_id, user.session_id, "signed out").await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Closes the WebSocket of a device whose session ended.
+async fn end_device_connection(state: &AppState, user: UserId, session: SessionId, reason: &str) {
     state
         .notifier()
         .publish_to_devices(
-            user.user_id,
-            voice_core::bus::Devices::Only(user.session_id),
+            user,
+            voice_core::bus::Devices::Only(session),
             voice_core::wire::Event::SessionEnded {
-                reason: "signed out".into(),
+                reason: reason.into(),
             },
         )
         .await;
-    Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])),

@@ -108,7 +108,7 @@ async fn start(
         Ok(requested) => requested,
         Err(error) => return Err(call_error(&state, id, error).await),
     };
-    let ice_servers = Vec::new();
+    let ice_servers = state.ice.ice_servers(user.user_id).ice_servers;
     match requested {
         Requested::Ringing { call, deadline } => Ok((
             StatusCode::CREATED,

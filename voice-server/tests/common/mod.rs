@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod coturn;
 pub mod oidc_provider;
 
 use std::net::SocketAddr;
@@ -43,6 +44,10 @@ impl TestServer {
         // Most tests sign in many times from one address.
         config.auth.rate_limit_per_minute = 10_000;
         config.auth.rate_limit_burst = 10_000;
+        // Nothing leaves this machine: no public STUN servers, and the
+        // responder on a port of its own.
+        config.ice.stun_servers = Vec::new();
+        config.ice.responder.bind = Some("127.0.0.1:0".parse().unwrap());
         configure(&mut config);
         let server = Server::start(config).await.expect("server starts");
         let addr = server.local_addr().unwrap();
@@ -133,4 +138,34 @@ pub async fn error_code(response: reqwest::Response) -> String {
         .as_str()
         .expect("an error code")
         .to_string()
+}
+
+/// Signs in through the OIDC provider as whoever it signs in next, and
+/// returns the access token.
+pub async fn oidc_access_token(server: &TestServer) -> String {
+    let client = http();
+    let (verifier, challenge) = pkce();
+    let login = client
+        .get(server.url("/v1/auth/login"))
+        .query(&[
+            ("redirect_uri", "http://127.0.0.1:40000/cb"),
+            ("code_challenge", challenge.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let authorize = location(&login);
+    let callback = location(&client.get(&authorize).send().await.unwrap());
+    let back = location(&client.get(&callback).send().await.unwrap());
+    let code = query_param(&back, "code").unwrap();
+    let tokens: serde_json::Value = client
+        .post(server.url("/v1/auth/token"))
+        .json(&serde_json::json!({ "code": code, "code_verifier": verifier }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    tokens["access_token"].as_str().unwrap().to_string()
 }
