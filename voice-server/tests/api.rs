@@ -66,6 +66,13 @@ async fn dev_sign_in_works_on_a_loopback_server_without_a_provider() {
     server.stop().await;
 }
 
+/// No public STUN servers and no responder on a public port: a test
+/// sends nothing off this machine.
+fn stays_on_this_machine(config: &mut Config) {
+    config.ice.stun_servers = Vec::new();
+    config.ice.responder.enabled = false;
+}
+
 #[tokio::test]
 async fn dev_sign_in_is_off_with_a_provider_and_refused_off_loopback() {
     let provider = TestProvider::start().await;
@@ -88,16 +95,18 @@ async fn dev_sign_in_is_off_with_a_provider_and_refused_off_loopback() {
         bind: "0.0.0.0:0".parse().unwrap(),
         ..Config::default()
     };
+    stays_on_this_machine(&mut config);
     config.auth.dev_login = Some(true);
     let error = Server::start(config).await.err().expect("refuses to start");
     assert!(error.to_string().contains("not loopback"), "{error}");
 
     // Without the explicit setting, a public bind just leaves it off.
-    let config = Config {
+    let mut config = Config {
         data_dir: data.path().to_path_buf(),
         bind: "0.0.0.0:0".parse().unwrap(),
         ..Config::default()
     };
+    stays_on_this_machine(&mut config);
     let server = Server::start(config).await.unwrap();
     assert!(!server.state().dev_login);
 }
