@@ -224,7 +224,9 @@ impl Server {
         };
         let service = app(self.state).into_make_service_with_connect_info::<SocketAddr>();
         let serve = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
-        let mut serve = std::pin::pin!(serve.into_future());
+        // Boxed rather than pinned on the stack, so it can be dropped (and
+        // with it the router's state) before the database closes.
+        let mut serve = Box::pin(serve.into_future());
         let result = tokio::select! {
             result = &mut serve => result,
             _ = async {
@@ -235,8 +237,19 @@ impl Server {
                 Ok(())
             }
         };
+        drop(serve);
         sweeper.abort();
         pruner.abort();
+        // Background tasks (the call driver, the ICE prober, connections
+        // closing) hold the store until they notice the shutdown; the
+        // database closes cleanly only once this is the last handle.
+        let waiting_since = tokio::time::Instant::now();
+        while self.store.handle_count() > 1 && waiting_since.elapsed() < grace {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if self.store.handle_count() > 1 {
+            tracing::warn!("background tasks still hold the database; closing anyway");
+        }
         self.store.close().await;
         tracing::info!("database closed");
         result

@@ -35,19 +35,29 @@ struct Inner {
     threads: Threads,
 }
 
-/// Joins the store's threads when dropped, writer last, so that the last
-/// connection to close is the one that may checkpoint and remove the WAL.
+/// Joins the store's threads when dropped: the readers first, and only
+/// then is the writer told to finish, so that the last connection to close
+/// is the writer's, the one that may checkpoint and remove the WAL (a
+/// read-only connection closing last leaves it behind).
 struct Threads {
     readers: Vec<JoinHandle<()>>,
     writer: Option<JoinHandle<()>>,
+    /// Keeps the writer's queue open until the readers are gone.
+    writer_queue: Option<Sender<Box<dyn WriteJob>>>,
 }
 
 impl Drop for Threads {
     fn drop(&mut self) {
-        for handle in self.readers.drain(..).chain(self.writer.take()) {
+        for handle in self.readers.drain(..) {
             if handle.join().is_err() {
-                tracing::error!("a store thread panicked");
+                tracing::error!("a store reader thread panicked");
             }
+        }
+        drop(self.writer_queue.take());
+        if let Some(handle) = self.writer.take()
+            && handle.join().is_err()
+        {
+            tracing::error!("the store writer thread panicked");
         }
     }
 }
@@ -71,8 +81,10 @@ impl SqliteStore {
         let mut threads = Threads {
             readers: Vec::new(),
             writer: None,
+            writer_queue: None,
         };
         let (writes, write_queue) = crossbeam_channel::unbounded::<Box<dyn WriteJob>>();
+        threads.writer_queue = Some(writes.clone());
         let (reads, read_queue) = crossbeam_channel::unbounded::<ReadJob>();
         let counters = Arc::new(Counters::default());
 
@@ -109,6 +121,7 @@ impl SqliteStore {
         // A no-op write is answered only after everything queued before it.
         let _ = self.write(|_| Ok(())).await;
         let Ok(inner) = Arc::try_unwrap(self.inner) else {
+            tracing::debug!("other store handles remain; the database closes with the last one");
             return;
         };
         let (done, joined) = oneshot::channel();
@@ -126,6 +139,12 @@ impl SqliteStore {
                 tracing::error!(%error, "cannot start a thread to close the store; dropping it here");
             }
         }
+    }
+
+    /// How many handles (clones) of this store exist: a server waits for
+    /// its background tasks to let go before it closes the database.
+    pub fn handle_count(&self) -> usize {
+        Arc::strong_count(&self.inner)
     }
 
     /// What the writer has done so far.
