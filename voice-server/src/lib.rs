@@ -240,16 +240,6 @@ impl Server {
         drop(serve);
         sweeper.abort();
         pruner.abort();
-        // Background tasks (the call driver, the ICE prober, connections
-        // closing) hold the store until they notice the shutdown; the
-        // database closes cleanly only once this is the last handle.
-        let waiting_since = tokio::time::Instant::now();
-        while self.store.handle_count() > 1 && waiting_since.elapsed() < grace {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        if self.store.handle_count() > 1 {
-            tracing::warn!("background tasks still hold the database; closing anyway");
-        }
         self.store.close().await;
         tracing::info!("database closed");
         result
