@@ -7,9 +7,12 @@ cd "$(dirname "$0")/.."
 log() { printf '\n==> %s\n' "$*"; }
 
 install_tools() {
-    # Debian packages the tests need: coturn (a real STUN/TURN server for
-    # the ICE tests).
-    local packages=(coturn)
+    # Debian packages the build and tests need: coturn (a real STUN/TURN
+    # server for the ICE and relayed-call tests), cmake (the opus crate
+    # builds its vendored libopus with it), libasound2-dev and pkg-config
+    # (cpal, the SDK's optional microphone/speaker feature, which
+    # --all-features builds).
+    local packages=(coturn cmake libasound2-dev pkg-config)
     local missing=()
     for package in "${packages[@]}"; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")

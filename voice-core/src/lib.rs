@@ -11,6 +11,7 @@ pub mod bus;
 pub mod call;
 pub mod call_queue;
 pub mod error;
+pub mod ice_url;
 pub mod ids;
 pub mod model;
 pub mod store;

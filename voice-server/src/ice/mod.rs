@@ -12,7 +12,7 @@ pub mod prober;
 pub mod responder;
 pub mod routes;
 pub mod turn;
-pub mod url;
+pub use voice_core::ice_url as url;
 
 use std::sync::{Arc, RwLock};
 
