@@ -2,46 +2,11 @@
 //! configuration in a fresh directory, serves, and on SIGTERM or SIGINT
 //! finishes and closes its database cleanly.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+
+mod support;
 use std::time::Duration;
-
-struct Running {
-    child: Child,
-    addr: String,
-}
-
-/// Starts the binary in `dir` with extra args, and reads the bound address
-/// from its log.
-fn start(dir: &std::path::Path, args: &[&str]) -> Running {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_voice-server"))
-        .args(args)
-        .current_dir(dir)
-        .env("VOICE_LOG", "info")
-        // Nothing leaves this machine in tests: no public STUN servers.
-        .env("VOICE_ICE__STUN_SERVERS", "[]")
-        .env("VOICE_ICE__RESPONDER__BIND", "127.0.0.1:0")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut addr = None;
-    for line in stdout.lines() {
-        let line = line.unwrap();
-        if !line.contains("voice-server listening") {
-            continue;
-        }
-        if let Some(rest) = line.split("addr=").nth(1) {
-            addr = Some(rest.split_whitespace().next().unwrap().to_string());
-            break;
-        }
-    }
-    Running {
-        child,
-        addr: addr.expect("the server logs its address"),
-    }
-}
+use support::start;
 
 fn signal(child: &Child, name: &str) {
     let status = Command::new("kill")

@@ -29,6 +29,10 @@ pub enum ClientError {
     /// The WebSocket or signaling transport is closed.
     #[error("signaling closed: {0}")]
     SignalingClosed(String),
+    /// The call ended (rejected, missed, busy, hung up) before what was
+    /// waited for happened.
+    #[error("call ended: {0}")]
+    CallEnded(String),
     /// The media path failed (sockets, ICE, DTLS, codec).
     #[error("media: {0}")]
     Media(String),

@@ -25,7 +25,13 @@ async fn tones_cross_a_call_both_ways() {
     let a_heard = MemorySink::new();
     let b_heard = MemorySink::new();
     let mut a = Str0mEngine
-        .start(call, Role::Offerer, loopback_only(), Arc::new(a_signaling), CallAudio::new(Tone::new(440.0), a_heard.clone()))
+        .start(
+            call,
+            Role::Offerer,
+            loopback_only(),
+            Arc::new(a_signaling),
+            CallAudio::new(Tone::new(440.0), a_heard.clone()),
+        )
         .await
         .unwrap();
     let mut b = Str0mEngine
@@ -54,13 +60,21 @@ async fn tones_cross_a_call_both_ways() {
     assert_eq!(b_stats.remote_candidates_skipped, 0);
     assert!(a_stats.remote_candidates_skipped >= 1, "{a_stats:?}");
     for stats in [&a_stats, &b_stats] {
-        assert!(stats.packets_sent > 40 && stats.packets_received > 40, "{stats:?}");
+        assert!(
+            stats.packets_sent > 40 && stats.packets_received > 40,
+            "{stats:?}"
+        );
     }
     let candidates = [220.0, 440.0, 660.0, 880.0, 1000.0];
     let b_samples = b_heard.samples();
     let a_samples = a_heard.samples();
     // Skip the first 200 ms (codec start-up).
-    assert_eq!(dominant_frequency(&b_samples[9600..], &candidates).unwrap().0, 440.0);
+    assert_eq!(
+        dominant_frequency(&b_samples[9600..], &candidates)
+            .unwrap()
+            .0,
+        440.0
+    );
     // A heard B's tone, then silence once B muted.
     let tone_part = &a_samples[9600..a_samples.len().min(9600 + 24_000)];
     assert_eq!(dominant_frequency(tone_part, &candidates).unwrap().0, 660.0);
@@ -106,7 +120,13 @@ async fn a_relay_only_call_goes_through_coturn() {
         .await
         .unwrap();
     let mut b = Str0mEngine
-        .start(call, Role::Answerer, loopback_only(), Arc::new(b_signaling), CallAudio::new(Tone::new(660.0), b_heard.clone()))
+        .start(
+            call,
+            Role::Answerer,
+            loopback_only(),
+            Arc::new(b_signaling),
+            CallAudio::new(Tone::new(660.0), b_heard.clone()),
+        )
         .await
         .unwrap();
     a.wait_connected(Duration::from_secs(15)).await.unwrap();
@@ -118,7 +138,9 @@ async fn a_relay_only_call_goes_through_coturn() {
     assert!(a_stats.packets_via_relay > 40, "{a_stats:?}");
     let samples = b_heard.samples();
     assert_eq!(
-        dominant_frequency(&samples[9600..], &[220.0, 440.0, 660.0, 880.0]).unwrap().0,
+        dominant_frequency(&samples[9600..], &[220.0, 440.0, 660.0, 880.0])
+            .unwrap()
+            .0,
         440.0
     );
 }

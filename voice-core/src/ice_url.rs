@@ -159,8 +159,14 @@ mod tests {
             ("127.0.0.1", 3479, TurnTransport::Udp)
         );
         let tcp = TurnUrl::parse("turn:[::1]?transport=tcp").unwrap();
-        assert_eq!((tcp.authority().as_str(), tcp.transport), ("[::1]:3478", TurnTransport::Tcp));
-        assert_eq!(TurnUrl::parse("turn:t.example").unwrap().transport, TurnTransport::Udp);
+        assert_eq!(
+            (tcp.authority().as_str(), tcp.transport),
+            ("[::1]:3478", TurnTransport::Tcp)
+        );
+        assert_eq!(
+            TurnUrl::parse("turn:t.example").unwrap().transport,
+            TurnTransport::Udp
+        );
         for bad in ["stun:x", "turn:x?transport=sctp", "turn:x:0", "turns:x"] {
             assert!(TurnUrl::parse(bad).is_err(), "{bad}");
         }

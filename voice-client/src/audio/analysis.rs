@@ -14,13 +14,13 @@ pub fn goertzel_power(samples: &[i16], frequency: f64) -> f64 {
     let coefficient = 2.0 * (std::f64::consts::TAU * frequency / f64::from(SAMPLE_RATE)).cos();
     let (mut previous, mut before_previous) = (0.0f64, 0.0f64);
     for &sample in samples {
-        let current = f64::from(sample) / f64::from(i16::MAX) + coefficient * previous
-            - before_previous;
+        let current =
+            f64::from(sample) / f64::from(i16::MAX) + coefficient * previous - before_previous;
         before_previous = previous;
         previous = current;
     }
-    let power =
-        previous * previous + before_previous * before_previous - coefficient * previous * before_previous;
+    let power = previous * previous + before_previous * before_previous
+        - coefficient * previous * before_previous;
     power / (samples.len() as f64).powi(2)
 }
 

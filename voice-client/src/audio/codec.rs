@@ -47,8 +47,8 @@ pub struct OpusDecoder {
 
 impl OpusDecoder {
     pub fn new() -> Result<Self> {
-        let decoder = opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono)
-            .map_err(ClientError::audio)?;
+        let decoder =
+            opus::Decoder::new(SAMPLE_RATE, opus::Channels::Mono).map_err(ClientError::audio)?;
         Ok(Self { decoder })
     }
 

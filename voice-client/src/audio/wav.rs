@@ -207,7 +207,9 @@ mod tests {
         writer.finalize().unwrap();
         let source = WavSource::open(&path).unwrap();
         assert_eq!(source.len(), 48_000);
-        assert!(goertzel_power(&source.samples, 500.0) > 100.0 * goertzel_power(&source.samples, 900.0));
+        assert!(
+            goertzel_power(&source.samples, 500.0) > 100.0 * goertzel_power(&source.samples, 900.0)
+        );
         assert!(WavSource::open(dir.path().join("missing.wav")).is_err());
     }
 }

@@ -66,11 +66,17 @@ pub fn strip_mdns_candidates(sdp: &str) -> (String, usize) {
 }
 
 /// Our candidate as the peer gets it.
-pub fn to_signal(candidate: &Candidate, mid: Option<&str>, hide_host: Option<&str>) -> IceCandidate {
+pub fn to_signal(
+    candidate: &Candidate,
+    mid: Option<&str>,
+    hide_host: Option<&str>,
+) -> IceCandidate {
     let line = candidate.to_sdp_string();
     let line = line.strip_prefix("a=").unwrap_or(&line).to_string();
     let line = match hide_host {
-        Some(name) if candidate.kind() == str0m::CandidateKind::Host => replace_address(&line, name),
+        Some(name) if candidate.kind() == str0m::CandidateKind::Host => {
+            replace_address(&line, name)
+        }
         _ => line,
     };
     IceCandidate {
@@ -116,15 +122,27 @@ mod tests {
     #[test]
     fn browser_candidates_are_sorted_out() {
         let host = "candidate:1 1 udp 2122260223 192.168.1.20 54400 typ host generation 0";
-        assert!(matches!(parse_remote(&ice(host)), RemoteCandidate::Usable(_)));
+        assert!(matches!(
+            parse_remote(&ice(host)),
+            RemoteCandidate::Usable(_)
+        ));
         let mdns = "candidate:2 1 udp 2122260223 8f1c5a2e-1b7e-4d8e-9a3c-4b0f1e2d3c4a.local 54401 typ host";
         assert!(
             matches!(parse_remote(&ice(mdns)), RemoteCandidate::MdnsName(n) if n.ends_with(".local"))
         );
         let tcp = "candidate:3 1 tcp 1518280447 192.168.1.20 9 typ host tcptype active";
-        assert!(matches!(parse_remote(&ice(tcp)), RemoteCandidate::Unusable(_)));
-        assert!(matches!(parse_remote(&ice("garbage")), RemoteCandidate::Unusable(_)));
-        assert!(matches!(parse_remote(&ice("")), RemoteCandidate::Unusable(_)));
+        assert!(matches!(
+            parse_remote(&ice(tcp)),
+            RemoteCandidate::Unusable(_)
+        ));
+        assert!(matches!(
+            parse_remote(&ice("garbage")),
+            RemoteCandidate::Unusable(_)
+        ));
+        assert!(matches!(
+            parse_remote(&ice("")),
+            RemoteCandidate::Unusable(_)
+        ));
     }
 
     #[test]

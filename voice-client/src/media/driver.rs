@@ -186,7 +186,9 @@ impl Driver {
         };
         if hosts.is_empty() && relay.is_none() {
             return Err(ClientError::media(match config.policy {
-                IcePolicy::RelayOnly => "relay-only was asked for, but the server gave no usable TURN server",
+                IcePolicy::RelayOnly => {
+                    "relay-only was asked for, but the server gave no usable TURN server"
+                }
                 IcePolicy::All => "no local address to send media from",
             }));
         }
@@ -315,10 +317,8 @@ impl Driver {
         if let Some(t) = self.gatherer.poll_timeout() {
             wake = wake.min(t);
         }
-        if let Some(relay) = &mut self.relay {
-            if let Some(t) = relay.relay.poll_timeout(now) {
-                wake = wake.min(t);
-            }
+        if let Some(t) = self.relay.as_mut().and_then(|r| r.relay.poll_timeout(now)) {
+            wake = wake.min(t);
         }
         if !self.connected {
             wake = wake.min(self.connect_deadline);
@@ -386,7 +386,8 @@ impl Driver {
             return;
         };
         let mid = self.mid.map(|m| m.to_string());
-        let signal = candidates::to_signal(&candidate, mid.as_deref(), self.hidden_host_name.as_deref());
+        let signal =
+            candidates::to_signal(&candidate, mid.as_deref(), self.hidden_host_name.as_deref());
         if self.local_described {
             let _ = self.outgoing.send(Signal::Candidate(Some(signal)));
         } else {
@@ -397,7 +398,10 @@ impl Driver {
     fn handle_datagram(&mut self, datagram: Datagram) {
         let now = Instant::now();
         if let Some(relay) = self.relay.as_mut().filter(|r| r.local == datagram.local) {
-            let Some(peer) = relay.relay.handle_input(now, datagram.local, &datagram.data) else {
+            let Some(peer) = relay
+                .relay
+                .handle_input(now, datagram.local, &datagram.data)
+            else {
                 return;
             };
             let Some(relayed) = relay.relay.relayed_addr() else {
@@ -552,7 +556,11 @@ impl Driver {
     }
 
     /// Feeds one input and drains.
-    fn mutate(&mut self, now: Instant, input: impl FnOnce(&mut Rtc) -> std::result::Result<(), str0m::RtcError>) {
+    fn mutate(
+        &mut self,
+        now: Instant,
+        input: impl FnOnce(&mut Rtc) -> std::result::Result<(), str0m::RtcError>,
+    ) {
         if let Err(e) = input(&mut self.rtc) {
             tracing::debug!(error = %e, "str0m refused an input");
         }
@@ -567,9 +575,12 @@ impl Driver {
                     self.rtc_timeout = at;
                     return;
                 }
-                Ok(Output::Transmit(transmit)) => {
-                    self.transmit(now, transmit.source, transmit.destination, &transmit.contents)
-                }
+                Ok(Output::Transmit(transmit)) => self.transmit(
+                    now,
+                    transmit.source,
+                    transmit.destination,
+                    &transmit.contents,
+                ),
                 Ok(Output::Event(event)) => self.handle_event(event),
                 Err(e) => {
                     self.failure = Some(format!("WebRTC failed: {e}"));
@@ -586,10 +597,10 @@ impl Driver {
             .as_mut()
             .filter(|r| r.relay.relayed_addr() == Some(source))
         {
-            if let Some(datagram) = relay.relay.send_to(now, destination, data) {
-                if relay.socket.try_send(&datagram).is_ok() {
-                    self.update_stats(|s| s.packets_via_relay += 1);
-                }
+            if let Some(datagram) = relay.relay.send_to(now, destination, data)
+                && relay.socket.try_send(&datagram).is_ok()
+            {
+                self.update_stats(|s| s.packets_via_relay += 1);
             }
             return;
         }
@@ -603,11 +614,7 @@ impl Driver {
 
     fn handle_event(&mut self, event: Event) {
         match event {
-            Event::MediaAdded(added) => {
-                if self.mid.is_none() {
-                    self.mid = Some(added.mid);
-                }
-            }
+            Event::MediaAdded(added) if self.mid.is_none() => self.mid = Some(added.mid),
             Event::Connected => {
                 self.connected = true;
                 let after = self.started.elapsed();
@@ -657,10 +664,8 @@ impl Driver {
                     }
                 });
             }
-            Event::MediaEgressStats(egress) => {
-                if egress.rtt.is_some() {
-                    self.update_stats(|s| s.rtt = egress.rtt);
-                }
+            Event::MediaEgressStats(egress) if egress.rtt.is_some() => {
+                self.update_stats(|s| s.rtt = egress.rtt)
             }
             _ => {}
         }
@@ -705,7 +710,11 @@ impl Driver {
     }
 }
 
-fn spawn_reader(socket: Arc<UdpSocket>, local: SocketAddr, to: mpsc::Sender<Datagram>) -> JoinHandle<()> {
+fn spawn_reader(
+    socket: Arc<UdpSocket>,
+    local: SocketAddr,
+    to: mpsc::Sender<Datagram>,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut buf = vec![0u8; 2048];
         loop {

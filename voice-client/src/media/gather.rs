@@ -136,7 +136,13 @@ impl SrflxGatherer {
 
     /// Takes a datagram that answers one of the probes; `false` when it is
     /// not for us.
-    pub fn handle_input(&mut self, now: Instant, local: SocketAddr, from: SocketAddr, data: &[u8]) -> bool {
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        from: SocketAddr,
+        data: &[u8],
+    ) -> bool {
         let Some((_, probe)) = self
             .probes
             .iter_mut()
@@ -181,6 +187,9 @@ impl SrflxGatherer {
     }
 
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.probes.iter().filter_map(|(_, p)| p.poll_timeout()).min()
+        self.probes
+            .iter()
+            .filter_map(|(_, p)| p.poll_timeout())
+            .min()
     }
 }

@@ -157,9 +157,13 @@ impl MediaSession {
     /// Waits until audio can flow; fails when the path failed, closed or
     /// did not come up within `timeout`.
     pub async fn wait_connected(&mut self, timeout: Duration) -> Result<()> {
-        let wait = self.state.wait_for(|s| *s == MediaState::Connected || s.is_final());
+        let wait = self
+            .state
+            .wait_for(|s| *s == MediaState::Connected || s.is_final());
         match tokio::time::timeout(timeout, wait).await {
-            Err(_) => Err(ClientError::media("the call's media did not connect in time")),
+            Err(_) => Err(ClientError::media(
+                "the call's media did not connect in time",
+            )),
             Ok(Err(_)) => Err(ClientError::media("the media task ended")),
             Ok(Ok(state)) => match &*state {
                 MediaState::Connected => Ok(()),

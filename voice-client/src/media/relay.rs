@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use turn_client_proto::api::{TurnConfig, TurnEvent, TurnPollRet, TurnRecvRet, Transmit};
+use turn_client_proto::api::{Transmit, TurnConfig, TurnEvent, TurnPollRet, TurnRecvRet};
 use turn_client_proto::prelude::*;
 use turn_client_proto::stun::types::TransportType;
 use turn_client_proto::types::TurnCredentials;
@@ -79,7 +79,12 @@ impl TurnRelay {
 
     /// A datagram from the TURN server. Returns the peer's data it
     /// carried, if any.
-    pub fn handle_input(&mut self, now: Instant, local: SocketAddr, data: &[u8]) -> Option<PeerDatagram> {
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        data: &[u8],
+    ) -> Option<PeerDatagram> {
         let clock = self.clock(now);
         let transmit = Transmit::new(data, TransportType::Udp, self.server, local);
         let peer = match self.client.recv(transmit, clock) {
@@ -118,7 +123,10 @@ impl TurnRelay {
             return;
         }
         let clock = self.clock(now);
-        if let Err(e) = self.client.create_permission(TransportType::Udp, peer, clock) {
+        if let Err(e) = self
+            .client
+            .create_permission(TransportType::Udp, peer, clock)
+        {
             tracing::debug!(%peer, error = %e, "TURN permission not requested");
             self.permissions_asked.remove(&peer);
         }
@@ -126,11 +134,12 @@ impl TurnRelay {
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let clock = self.clock(now);
-        if let TurnPollRet::Closed = self.client.poll(clock) {
-            if self.relayed.is_none() {
-                self.events
-                    .push_back(RelayEvent::Failed("the TURN server refused the allocation".into()));
-            }
+        if let TurnPollRet::Closed = self.client.poll(clock)
+            && self.relayed.is_none()
+        {
+            self.events.push_back(RelayEvent::Failed(
+                "the TURN server refused the allocation".into(),
+            ));
         }
         self.collect_events();
     }
