@@ -44,7 +44,9 @@ impl WavSource {
         Ok(Self::from_samples(
             resampled
                 .iter()
-                .map(|s| (s.clamp(-1.0, 1.0) * f32::from(i16::MAX)) as i16)
+                // The inverse of the 2^(bits-1) scale above, so 16-bit
+                // files come back sample for sample.
+                .map(|s| (s * 32_768.0).round().clamp(-32_768.0, 32_767.0) as i16)
                 .collect(),
         ))
     }
