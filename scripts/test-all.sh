@@ -11,8 +11,9 @@ install_tools() {
     # server for the ICE and relayed-call tests), cmake (the opus crate
     # builds its vendored libopus with it), libasound2-dev and pkg-config
     # (cpal, the SDK's optional microphone/speaker feature, which
-    # --all-features builds).
-    local packages=(coturn cmake libasound2-dev pkg-config)
+    # --all-features builds), chromium (the web client's browser tests;
+    # Node.js and npm come with the machine).
+    local packages=(coturn cmake libasound2-dev pkg-config chromium)
     local missing=()
     for package in "${packages[@]}"; do
         dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package")
@@ -42,6 +43,10 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 log "tests"
 cargo test --workspace --all-features
+
+log "web client in Chromium (Playwright; playwright-core from npm, no browser download)"
+cargo build -p voice-examples --bins
+(cd web-tests && npm ci --no-audit --no-fund && npm test)
 
 log "benchmarks compile and run once (quick mode; figures are in docs/BENCHMARKS.md)"
 cargo bench -p voice-benches -- --test

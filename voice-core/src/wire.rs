@@ -52,6 +52,17 @@ pub struct RefreshRequest {
     pub refresh_token: String,
 }
 
+/// `GET /v1/auth/methods`: how users can sign in on this server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct AuthMethods {
+    /// Through the OpenID Connect provider (`GET /v1/auth/login`).
+    pub provider: bool,
+    /// Dev sign-in (`POST /v1/auth/dev-login`): loopback servers without
+    /// a provider only.
+    pub dev_login: bool,
+}
+
 /// `POST /v1/auth/dev-login`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

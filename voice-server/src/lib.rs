@@ -31,6 +31,7 @@ pub mod presence;
 pub mod rate_limit;
 pub mod state;
 pub mod users;
+pub mod web;
 pub mod ws;
 
 use std::future::Future;
@@ -94,6 +95,7 @@ pub fn app(state: AppState) -> Router {
         document.to_json().expect("the OpenAPI document serializes"),
     ));
     router
+        .merge(web::router())
         .fallback(error::not_found)
         .method_not_allowed_fallback(error::method_not_allowed)
         .layer(Extension(document))

@@ -16,6 +16,7 @@ const PROMISED: &[(&str, &str)] = &[
     ("post", "/v1/auth/refresh"),
     ("post", "/v1/auth/logout"),
     ("post", "/v1/auth/dev-login"),
+    ("get", "/v1/auth/methods"),
     ("get", "/v1/me"),
     ("get", "/v1/users"),
     ("get", "/v1/friends"),

@@ -26,7 +26,7 @@ use uuid::Uuid;
 use voice_core::auth::TokenIssuer;
 use voice_core::model::{Identity, RefreshToken, Session, SpendOutcome};
 use voice_core::wire::{
-    DevLoginRequest, ErrorBody, Me, RefreshRequest, TokenRequest, TokenResponse,
+    AuthMethods, DevLoginRequest, ErrorBody, Me, RefreshRequest, TokenRequest, TokenResponse,
 };
 use voice_core::{Error, SessionId, UserId};
 
@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> OpenApiRouter<AppState> {
         .merge(limited)
         .routes(routes!(logout))
         .routes(routes!(me))
+        .routes(routes!(methods))
         .layer(no_store)
 }
 
@@ -402,6 +403,16 @@ fn is_valid_username(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
+}
+
+#[utoipa::path(get, path = "/v1/auth/methods", tag = "auth",
+    description = "How users can sign in here, so a client shows the right buttons.",
+    responses((status = 200, body = AuthMethods)))]
+async fn methods(State(state): State<AppState>) -> Json<AuthMethods> {
+    Json(AuthMethods {
+        provider: state.provider.is_some(),
+        dev_login: state.dev_login,
+    })
 }
 
 #[utoipa::path(post, path = "/v1/auth/dev-login", tag = "auth", request_body = DevLoginRequest,
