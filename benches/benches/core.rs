@@ -1,5 +1,7 @@
 //! Wire protocol encode/decode and access-token verification: work done on
-//! every event and every authenticated request.
+//! every event and every authenticated request. Also STUN encode/decode
+//! (the server's responder and health probes, the SDK's gathering) and the
+//! call queue under 100,000 pending calls.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use std::hint::black_box;
@@ -130,5 +132,20 @@ fn call_queue(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, wire, tokens, call_queue);
+fn stun(c: &mut Criterion) {
+    let request = voice_core::stun::binding_request([7; 12]);
+    let from: std::net::SocketAddr = "203.0.113.9:54321".parse().unwrap();
+    let response = voice_core::stun::answer_binding_request(&request, from).unwrap();
+    c.bench_function("stun/encode binding request", |b| {
+        b.iter(|| voice_core::stun::binding_request(black_box([7; 12])))
+    });
+    c.bench_function("stun/answer binding request (decode + encode)", |b| {
+        b.iter(|| voice_core::stun::answer_binding_request(black_box(&request), from).unwrap())
+    });
+    c.bench_function("stun/decode binding response", |b| {
+        b.iter(|| voice_core::stun::parse_binding_response(black_box(&response)).unwrap())
+    });
+}
+
+criterion_group!(benches, wire, tokens, call_queue, stun);
 criterion_main!(benches);

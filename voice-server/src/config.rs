@@ -238,6 +238,12 @@ pub struct WsConfig {
     pub max_write_buffer_bytes: usize,
     /// Largest inbound message (and frame), in bytes.
     pub max_inbound_bytes: usize,
+    /// The read buffer each connection keeps, in bytes. Larger frames
+    /// still arrive (up to `max_inbound_bytes`); this is what an idle
+    /// connection costs (tungstenite's default is 128 KiB).
+    pub read_buffer_bytes: usize,
+    /// The write buffer each connection keeps before flushing, in bytes.
+    pub write_buffer_bytes: usize,
     /// Seconds between pings.
     pub ping_interval_secs: u64,
     /// Seconds without any inbound traffic (pongs included) after which a
@@ -258,6 +264,8 @@ impl Default for WsConfig {
             send_timeout_ms: 5_000,
             max_write_buffer_bytes: 1024 * 1024,
             max_inbound_bytes: 64 * 1024,
+            read_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 4 * 1024,
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             ticket_ttl_secs: 30,

@@ -125,6 +125,8 @@ async fn upgrade(
         .max_message_size(ws.max_inbound_bytes)
         .max_frame_size(ws.max_inbound_bytes)
         .max_write_buffer_size(ws.max_write_buffer_bytes)
+        .read_buffer_size(ws.read_buffer_bytes)
+        .write_buffer_size(ws.write_buffer_bytes)
         .on_upgrade(move |socket| connection(state, user, query.since, socket)))
 }
 

@@ -7,7 +7,8 @@
 //! [`SignalingTransport`], and once DTLS-SRTP is up moves Opus frames
 //! between the call's [`AudioSource`]/[`AudioSink`] and the peer.
 
-mod candidates;
+#[doc(hidden)]
+pub mod candidates;
 mod driver;
 mod gather;
 mod relay;

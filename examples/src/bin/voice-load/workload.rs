@@ -1,0 +1,738 @@
+//! The workloads and their bookkeeping: signing users in, making them
+//! friends or a group, holding one WebSocket per user, sending at a fixed
+//! offered rate (open loop: each send has a scheduled time, and latency
+//! runs from it, so a stalled server cannot hide its stall), and checking
+//! that every acknowledged message reached every recipient exactly once.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, stream};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::process::Target;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Load {
+    Direct,
+    Fanout,
+    Idle,
+    Calls,
+}
+
+pub struct Settings {
+    pub load: Load,
+    pub clients: usize,
+    pub rate: f64,
+    pub duration: Duration,
+    pub max_messages: u64,
+    pub max_in_flight: usize,
+    pub progress: bool,
+}
+
+/// Microseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Percentiles {
+    pub p50: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+impl Percentiles {
+    fn of(histogram: &Histogram<u64>) -> Self {
+        if histogram.is_empty() {
+            return Self::default();
+        }
+        Self {
+            p50: histogram.value_at_quantile(0.5),
+            p99: histogram.value_at_quantile(0.99),
+            p999: histogram.value_at_quantile(0.999),
+            max: histogram.max(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub target: String,
+    pub clients: usize,
+    pub offered_rate: f64,
+    pub duration_secs: f64,
+    /// Messages (or call requests) sent.
+    pub sent: u64,
+    /// Sends the server acknowledged (201/200): for messages, after commit.
+    pub acked: u64,
+    pub acked_per_sec: f64,
+    /// Messages received by recipients (one per recipient).
+    pub deliveries: u64,
+    pub deliveries_per_sec: f64,
+    /// From the scheduled send time to the recipient's socket.
+    pub latency_us: Percentiles,
+    /// From the scheduled send time to the acknowledgement.
+    pub ack_latency_us: Percentiles,
+    pub server_cpu_secs: Option<f64>,
+    pub server_cpu_us_per_message: Option<f64>,
+    pub server_cpu_us_per_delivery: Option<f64>,
+    pub server_rss_max_bytes: Option<u64>,
+    /// Idle workload: server memory per open connection.
+    pub rss_per_connection_bytes: Option<f64>,
+    pub connections: usize,
+    pub errors: u64,
+    pub error_samples: Vec<String>,
+    /// Acknowledged messages some recipient never got.
+    pub missing: u64,
+    /// Deliveries beyond one per recipient.
+    pub duplicates: u64,
+    pub exactly_once: bool,
+    /// Calls workload: `call.expired` events the callers received.
+    pub calls_expired_seen: Option<u64>,
+}
+
+impl Report {
+    /// This report's figures divided by the baseline's.
+    pub fn ratios_to(&self, baseline: &Report) -> serde_json::Value {
+        let ratio = |a: f64, b: f64| {
+            if b > 0.0 {
+                Some((a / b * 100.0).round() / 100.0)
+            } else {
+                None
+            }
+        };
+        serde_json::json!({
+            "acked_per_sec": ratio(self.acked_per_sec, baseline.acked_per_sec),
+            "deliveries_per_sec": ratio(self.deliveries_per_sec, baseline.deliveries_per_sec),
+            "latency_p50": ratio(self.latency_us.p50 as f64, baseline.latency_us.p50 as f64),
+            "latency_p99": ratio(self.latency_us.p99 as f64, baseline.latency_us.p99 as f64),
+            "cpu_per_message": match (self.server_cpu_us_per_message, baseline.server_cpu_us_per_message) {
+                (Some(a), Some(b)) => ratio(a, b),
+                _ => None,
+            },
+            "rss_max": match (self.server_rss_max_bytes, baseline.server_rss_max_bytes) {
+                (Some(a), Some(b)) => ratio(a as f64, b as f64),
+                _ => None,
+            },
+            "rss_per_connection": match (self.rss_per_connection_bytes, baseline.rss_per_connection_bytes) {
+                (Some(a), Some(b)) => ratio(a, b),
+                _ => None,
+            },
+        })
+    }
+}
+
+struct Peer {
+    index: usize,
+    id: String,
+    token: Option<String>,
+}
+
+#[derive(Clone)]
+struct Http {
+    client: reqwest::Client,
+    base: String,
+}
+
+impl Http {
+    async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, String> {
+        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.map_err(|e| e.to_string())
+    }
+
+    async fn json<T: for<'de> Deserialize<'de>>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, String> {
+        let response = self.request(method, path, token, body).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            return Err(format!("{path}: {status} {text}"));
+        }
+        response.json().await.map_err(|e| format!("{path}: {e}"))
+    }
+}
+
+/// What the readers and senders share.
+struct Tracker {
+    start: Instant,
+    expected_per_message: u32,
+    counts: Vec<AtomicU32>,
+    acked: Vec<AtomicBool>,
+    deliveries: AtomicU64,
+    last_delivery_ns: AtomicU64,
+    expired: AtomicU64,
+    errors: AtomicU64,
+    error_samples: Mutex<Vec<String>>,
+    latency: Mutex<Histogram<u64>>,
+    ack_latency: Mutex<Histogram<u64>>,
+}
+
+impl Tracker {
+    fn new(messages: usize, expected_per_message: u32) -> Self {
+        let histogram =
+            || Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"));
+        Self {
+            start: Instant::now(),
+            expected_per_message,
+            counts: (0..messages).map(|_| AtomicU32::new(0)).collect(),
+            acked: (0..messages).map(|_| AtomicBool::new(false)).collect(),
+            deliveries: AtomicU64::new(0),
+            last_delivery_ns: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            error_samples: Mutex::new(Vec::new()),
+            latency: histogram(),
+            ack_latency: histogram(),
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.start.elapsed().as_nanos() as u64
+    }
+
+    fn error(&self, what: String) {
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut samples) = self.error_samples.lock()
+            && samples.len() < 5
+        {
+            samples.push(what);
+        }
+    }
+
+    /// A `message.created` body arrived at user `receiver`.
+    fn delivered(&self, receiver: usize, body: &str) {
+        let mut parts = body.split(' ');
+        let (Some("L"), Some(id), Some(sent_ns), Some(sender)) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let (Ok(id), Ok(sent_ns), Ok(sender)) = (
+            id.parse::<usize>(),
+            sent_ns.parse::<u64>(),
+            sender.parse::<usize>(),
+        ) else {
+            return;
+        };
+        // The sender's own devices get their message too; not a delivery.
+        if sender == receiver {
+            return;
+        }
+        let now = self.now_ns();
+        if let Some(count) = self.counts.get(id) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+        self.deliveries.fetch_add(1, Ordering::Relaxed);
+        self.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
+        if let Ok(mut h) = self.latency.lock() {
+            let _ = h.record((now.saturating_sub(sent_ns) / 1000).max(1));
+        }
+    }
+
+    fn outstanding(&self) -> u64 {
+        self.acked
+            .iter()
+            .zip(&self.counts)
+            .filter(|(acked, count)| {
+                acked.load(Ordering::Relaxed)
+                    && count.load(Ordering::Relaxed) < self.expected_per_message
+            })
+            .count() as u64
+    }
+}
+
+#[derive(Deserialize)]
+struct Tokens {
+    access_token: String,
+}
+
+#[derive(Deserialize)]
+struct Me {
+    id: String,
+}
+
+#[derive(Deserialize)]
+struct Ticket {
+    ticket: String,
+}
+
+#[derive(Deserialize)]
+struct GroupView {
+    group: GroupId,
+}
+
+#[derive(Deserialize)]
+struct GroupId {
+    id: String,
+}
+
+pub async fn run(target: &Target, settings: &Settings, baseline: bool) -> Result<Report, String> {
+    let http = Http {
+        client: reqwest::Client::builder()
+            .pool_max_idle_per_host(settings.max_in_flight)
+            .build()
+            .map_err(|e| e.to_string())?,
+        base: target.url.clone(),
+    };
+    let peers = sign_in(&http, settings.clients, baseline).await?;
+    eprintln!("{} users signed in", peers.len());
+    let group = relate(&http, &peers, settings.load, baseline).await?;
+
+    let total = ((settings.rate * settings.duration.as_secs_f64()) as u64)
+        .min(settings.max_messages) as usize;
+    let expected = match settings.load {
+        Load::Direct => 1,
+        Load::Fanout => (peers.len() as u32).saturating_sub(1),
+        Load::Idle | Load::Calls => 0,
+    };
+    let tracker = Arc::new(Tracker::new(total, expected));
+
+    let rss_before_connections = target.rss();
+    let sockets = connect_all(&http, &peers, baseline, tracker.clone()).await?;
+    eprintln!("{} sockets open", sockets.len());
+
+    let mut report = Report {
+        target: if baseline {
+            "baseline relay".into()
+        } else {
+            target.url.clone()
+        },
+        clients: peers.len(),
+        offered_rate: settings.rate,
+        duration_secs: settings.duration.as_secs_f64(),
+        connections: sockets.len(),
+        ..Report::default()
+    };
+
+    let rss_max = Arc::new(AtomicU64::new(target.rss().unwrap_or(0)));
+    let sampler = {
+        let (rss_max, pid) = (rss_max.clone(), target.pid);
+        tokio::spawn(async move {
+            let probe = Target::external(String::new(), pid);
+            loop {
+                if let Some(rss) = probe.rss() {
+                    rss_max.fetch_max(rss, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+
+    if settings.load == Load::Idle {
+        // Let the server settle its buffers, then hold.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        if let (Some(before), Some(after)) = (rss_before_connections, target.rss()) {
+            report.rss_per_connection_bytes =
+                Some(after.saturating_sub(before) as f64 / sockets.len().max(1) as f64);
+        }
+        tokio::time::sleep(settings.duration).await;
+    } else {
+        let cpu_before = target.cpu_time();
+        let send_started = Instant::now();
+        let sent = send_all(
+            &http,
+            &peers,
+            group.as_deref(),
+            settings,
+            total,
+            tracker.clone(),
+        )
+        .await;
+        let send_elapsed = send_started.elapsed().as_secs_f64();
+        // Wait (bounded) for deliveries to catch up, or for rings to expire.
+        let drain_until = Instant::now()
+            + if settings.load == Load::Calls {
+                Duration::from_secs(5)
+            } else {
+                Duration::from_secs(15)
+            };
+        while Instant::now() < drain_until {
+            if settings.load != Load::Calls && tracker.outstanding() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let cpu_after = target.cpu_time();
+        let acked = tracker
+            .acked
+            .iter()
+            .filter(|a| a.load(Ordering::Relaxed))
+            .count() as u64;
+        let deliveries = tracker.deliveries.load(Ordering::Relaxed);
+        report.sent = sent;
+        report.acked = acked;
+        report.acked_per_sec = acked as f64 / send_elapsed;
+        report.deliveries = deliveries;
+        let delivery_span = (tracker.last_delivery_ns.load(Ordering::Relaxed) as f64 / 1e9
+            - send_started.duration_since(tracker.start).as_secs_f64())
+        .max(send_elapsed);
+        report.deliveries_per_sec = deliveries as f64 / delivery_span;
+        if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+            let cpu = (after - before).as_secs_f64();
+            report.server_cpu_secs = Some(cpu);
+            if acked > 0 {
+                report.server_cpu_us_per_message = Some(cpu * 1e6 / acked as f64);
+            }
+            if deliveries > 0 {
+                report.server_cpu_us_per_delivery = Some(cpu * 1e6 / deliveries as f64);
+            }
+        }
+        if settings.load == Load::Calls {
+            report.calls_expired_seen = Some(tracker.expired.load(Ordering::Relaxed));
+        } else {
+            let (mut missing, mut duplicates) = (0, 0);
+            for (acked, count) in tracker.acked.iter().zip(&tracker.counts) {
+                let count = count.load(Ordering::Relaxed);
+                if acked.load(Ordering::Relaxed) && count < expected {
+                    missing += 1;
+                }
+                duplicates += u64::from(count.saturating_sub(expected));
+            }
+            report.missing = missing;
+            report.duplicates = duplicates;
+            report.exactly_once = missing == 0 && duplicates == 0 && acked > 0;
+        }
+    }
+    sampler.abort();
+    let peak = rss_max.load(Ordering::Relaxed);
+    report.server_rss_max_bytes = (peak > 0).then_some(peak);
+    report.latency_us = tracker
+        .latency
+        .lock()
+        .map(|h| Percentiles::of(&h))
+        .unwrap_or_default();
+    report.ack_latency_us = tracker
+        .ack_latency
+        .lock()
+        .map(|h| Percentiles::of(&h))
+        .unwrap_or_default();
+    report.errors = tracker.errors.load(Ordering::Relaxed);
+    report.error_samples = tracker
+        .error_samples
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    for socket in sockets {
+        socket.abort();
+    }
+    Ok(report)
+}
+
+async fn sign_in(http: &Http, count: usize, baseline: bool) -> Result<Vec<Peer>, String> {
+    if baseline {
+        return Ok((0..count)
+            .map(|index| Peer {
+                index,
+                id: uuid::Uuid::now_v7().to_string(),
+                token: None,
+            })
+            .collect());
+    }
+    // A fresh name per run, so runs against one server never collide.
+    let run = uuid::Uuid::now_v7().simple().to_string();
+    let run = &run[run.len() - 8..];
+    let results: Vec<Result<Peer, String>> = stream::iter(0..count)
+        .map(|index| {
+            let http = http.clone();
+            let username = format!("load-{run}-{index}");
+            async move {
+                let tokens: Tokens = http
+                    .json(
+                        reqwest::Method::POST,
+                        "/v1/auth/dev-login",
+                        None,
+                        Some(serde_json::json!({ "username": username })),
+                    )
+                    .await?;
+                let me: Me = http
+                    .json(
+                        reqwest::Method::GET,
+                        "/v1/me",
+                        Some(&tokens.access_token),
+                        None,
+                    )
+                    .await?;
+                Ok(Peer {
+                    index,
+                    id: me.id,
+                    token: Some(tokens.access_token),
+                })
+            }
+        })
+        .buffered(32)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+/// Friendships (pairs, or everyone with user 0) and the fan-out group.
+async fn relate(
+    http: &Http,
+    peers: &[Peer],
+    load: Load,
+    baseline: bool,
+) -> Result<Option<String>, String> {
+    let friendships: Vec<(usize, usize)> = match load {
+        Load::Direct | Load::Calls => (0..peers.len() / 2).map(|k| (2 * k, 2 * k + 1)).collect(),
+        Load::Fanout => (1..peers.len()).map(|k| (0, k)).collect(),
+        Load::Idle => Vec::new(),
+    };
+    if !baseline {
+        let results: Vec<Result<(), String>> = stream::iter(friendships)
+            .map(|(a, b)| {
+                let http = http.clone();
+                let (from, to) = (&peers[a], &peers[b]);
+                async move {
+                    http.request(
+                        reqwest::Method::POST,
+                        "/v1/friends/requests",
+                        from.token.as_deref(),
+                        Some(serde_json::json!({ "user_id": to.id })),
+                    )
+                    .await?;
+                    let accepted = http
+                        .request(
+                            reqwest::Method::POST,
+                            &format!("/v1/friends/requests/{}/accept", from.id),
+                            to.token.as_deref(),
+                            None,
+                        )
+                        .await?;
+                    if accepted.status().is_success() {
+                        Ok(())
+                    } else {
+                        Err(format!("befriending failed: {}", accepted.status()))
+                    }
+                }
+            })
+            .buffered(32)
+            .collect()
+            .await;
+        results.into_iter().collect::<Result<Vec<()>, String>>()?;
+    }
+    if load != Load::Fanout {
+        return Ok(None);
+    }
+    let members: Vec<String> = peers[1..].iter().map(|p| p.id.clone()).collect();
+    if baseline {
+        let id = uuid::Uuid::now_v7().to_string();
+        let all: Vec<String> = peers.iter().map(|p| p.id.clone()).collect();
+        http.request(
+            reqwest::Method::POST,
+            "/baseline/groups",
+            None,
+            Some(serde_json::json!({ "id": id, "members": all })),
+        )
+        .await?;
+        return Ok(Some(id));
+    }
+    let view: GroupView = http
+        .json(
+            reqwest::Method::POST,
+            "/v1/groups",
+            peers[0].token.as_deref(),
+            Some(serde_json::json!({ "name": "load", "members": members })),
+        )
+        .await?;
+    Ok(Some(view.group.id))
+}
+
+#[derive(Deserialize)]
+struct Incoming {
+    #[serde(rename = "type")]
+    kind: String,
+    message: Option<IncomingMessage>,
+}
+
+#[derive(Deserialize)]
+struct IncomingMessage {
+    body: Option<String>,
+}
+
+async fn connect_all(
+    http: &Http,
+    peers: &[Peer],
+    baseline: bool,
+    tracker: Arc<Tracker>,
+) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+    let ws_base = http.base.replacen("http", "ws", 1);
+    let results: Vec<Result<tokio::task::JoinHandle<()>, String>> = stream::iter(peers)
+        .map(|peer| {
+            let (http, ws_base, tracker) = (http.clone(), ws_base.clone(), tracker.clone());
+            async move {
+                let url = if baseline {
+                    format!("{ws_base}/v1/ws?user={}", peer.id)
+                } else {
+                    let ticket: Ticket = http
+                        .json(
+                            reqwest::Method::POST,
+                            "/v1/ws/ticket",
+                            peer.token.as_deref(),
+                            None,
+                        )
+                        .await?;
+                    format!("{ws_base}/v1/ws?ticket={}", ticket.ticket)
+                };
+                let (socket, _) = tokio_tungstenite::connect_async(&url)
+                    .await
+                    .map_err(|e| format!("{url}: {e}"))?;
+                let receiver = peer.index;
+                Ok(tokio::spawn(async move {
+                    let (_, mut stream) = socket.split();
+                    while let Some(Ok(message)) = stream.next().await {
+                        let Message::Text(text) = message else {
+                            continue;
+                        };
+                        let Ok(event) = serde_json::from_str::<Incoming>(&text) else {
+                            continue;
+                        };
+                        match event.kind.as_str() {
+                            "message.created" => {
+                                if let Some(body) = event.message.and_then(|m| m.body) {
+                                    tracker.delivered(receiver, &body);
+                                }
+                            }
+                            "call.expired" if receiver.is_multiple_of(2) => {
+                                tracker.expired.fetch_add(1, Ordering::Relaxed);
+                            }
+                            _ => {}
+                        }
+                    }
+                }))
+            }
+        })
+        .buffered(64)
+        .collect()
+        .await;
+    results.into_iter().collect()
+}
+
+async fn send_all(
+    http: &Http,
+    peers: &[Peer],
+    group: Option<&str>,
+    settings: &Settings,
+    total: usize,
+    tracker: Arc<Tracker>,
+) -> u64 {
+    let progress = if settings.progress {
+        indicatif::ProgressBar::new(total as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sent, {msg} [{elapsed}]")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
+    let interval = Duration::from_secs_f64(1.0 / settings.rate.max(0.001));
+    let started = tokio::time::Instant::now();
+    let pairs = (peers.len() / 2).max(1);
+    let mut sent = 0;
+    for k in 0..total {
+        let scheduled = started + interval.mul_f64(k as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let scheduled_ns = tracker.now_ns().saturating_sub(
+            tokio::time::Instant::now()
+                .saturating_duration_since(scheduled)
+                .as_nanos() as u64,
+        );
+        let (sender, path, body) = match settings.load {
+            Load::Direct => {
+                let pair = k % pairs;
+                // Alternate directions so both ends send.
+                let (from, to) = if (k / pairs).is_multiple_of(2) {
+                    (2 * pair, 2 * pair + 1)
+                } else {
+                    (2 * pair + 1, 2 * pair)
+                };
+                let text = format!("L {k} {scheduled_ns} {from}");
+                (
+                    from,
+                    "/v1/messages",
+                    serde_json::json!({ "to": { "user": peers[to].id }, "body": text }),
+                )
+            }
+            Load::Fanout => {
+                let from = k % peers.len();
+                let text = format!("L {k} {scheduled_ns} {from}");
+                (
+                    from,
+                    "/v1/messages",
+                    serde_json::json!({ "to": { "group": group.unwrap_or_default() }, "body": text }),
+                )
+            }
+            Load::Calls => {
+                let pair = k % pairs;
+                (
+                    2 * pair,
+                    "/v1/calls",
+                    serde_json::json!({ "callee": peers[2 * pair + 1].id }),
+                )
+            }
+            Load::Idle => break,
+        };
+        let (http, shared) = (http.clone(), tracker.clone());
+        let token = peers[sender].token.clone();
+        tokio::spawn(async move {
+            let tracker = shared;
+            let result = http
+                .request(reqwest::Method::POST, path, token.as_deref(), Some(body))
+                .await;
+            match result {
+                Ok(response) if response.status().is_success() => {
+                    tracker.acked[k].store(true, Ordering::Relaxed);
+                    let now = tracker.now_ns();
+                    if let Ok(mut h) = tracker.ack_latency.lock() {
+                        let _ = h.record((now.saturating_sub(scheduled_ns) / 1000).max(1));
+                    }
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    tracker.error(format!(
+                        "{status}: {}",
+                        text.chars().take(200).collect::<String>()
+                    ));
+                }
+                Err(e) => tracker.error(e),
+            }
+            drop(permit);
+        });
+        sent += 1;
+        if k % 256 == 0 {
+            progress.set_position(k as u64);
+            progress.set_message(format!(
+                "{} delivered, {} errors",
+                tracker.deliveries.load(Ordering::Relaxed),
+                tracker.errors.load(Ordering::Relaxed)
+            ));
+        }
+    }
+    // Every send answered before the clock stops.
+    let _ = in_flight.acquire_many(settings.max_in_flight as u32).await;
+    progress.finish_and_clear();
+    sent
+}
