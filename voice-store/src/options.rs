@@ -49,6 +49,21 @@ pub struct SqliteOptions {
     /// one sync among more writes but make each caller in the batch wait
     /// for all of them. At least one.
     pub max_batch: usize,
+    /// How often a background connection checkpoints the WAL into the
+    /// database file (and, with `synchronous = normal`, syncs it), so that
+    /// the writer never stops to do it between batches. Zero leaves it to
+    /// the writer, as SQLite does by default (every 1,000 pages). In
+    /// configuration files it is a number of milliseconds.
+    #[serde(with = "millis")]
+    pub checkpoint_interval: Duration,
+    /// With background checkpoints on, the writer still checkpoints by
+    /// itself once the WAL holds this many pages (4 KiB each). Under
+    /// sustained writes the background checkpoints never find the WAL
+    /// empty, and SQLite starts the WAL over only after a checkpoint by the
+    /// writer, so without this backstop the file would grow for as long as
+    /// the writes go on. Most pages are already copied by then, so the
+    /// writer's checkpoint is short.
+    pub max_wal_pages: u32,
 }
 
 impl Default for SqliteOptions {
@@ -58,6 +73,8 @@ impl Default for SqliteOptions {
             readers: 4,
             busy_timeout: Duration::from_secs(5),
             max_batch: 1024,
+            checkpoint_interval: Duration::from_millis(200),
+            max_wal_pages: 8000,
         }
     }
 }

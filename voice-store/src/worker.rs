@@ -224,6 +224,34 @@ fn abort(conn: &Connection, error: &rusqlite::Error) -> Error {
     mapped
 }
 
+/// The checkpointer thread's body: every `interval`, copies what the WAL
+/// holds into the database file, until `stop`'s sender is dropped.
+///
+/// PASSIVE never waits for the writer or the readers: it copies what it
+/// can. It cannot start the WAL over (only the writer's own backstop
+/// checkpoint, `max_wal_pages`, leads to that under sustained writes), but
+/// it leaves that checkpoint little to copy and sync. A checkpoint that
+/// finds the database busy (another process) is simply tried again next
+/// time.
+pub(crate) fn checkpoint_loop(conn: Connection, interval: std::time::Duration, stop: Receiver<()>) {
+    while let Err(crossbeam_channel::RecvTimeoutError::Timeout) = stop.recv_timeout(interval) {
+        let outcome = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, i64>(1)?,
+                row.get::<_, i64>(2)?,
+            ))
+        });
+        match outcome {
+            Ok((_busy, wal_pages, copied)) => {
+                tracing::trace!(wal_pages, copied, "checkpoint");
+            }
+            Err(error) => tracing::warn!(%error, "background checkpoint failed"),
+        }
+    }
+    close(conn, "checkpointer");
+}
+
 /// A reader thread's body: serves reads until the store is dropped.
 pub(crate) fn reader_loop(conn: Connection, jobs: Receiver<ReadJob>) {
     while let Ok(job) = jobs.recv() {
