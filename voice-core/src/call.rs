@@ -134,6 +134,11 @@ pub struct Call {
     callee_away: Option<Instant>,
     buffered: VecDeque<String>,
     buffered_bytes: usize,
+    /// Whether the [`CallOutput::Ring`] every call starts with is still
+    /// to be polled. It is made when polled rather than queued in
+    /// `outputs`, so a ringing call owns no heap buffer until a second
+    /// output comes: a server may hold very many ringing calls.
+    ring_unpolled: bool,
     outputs: VecDeque<CallOutput>,
     config: CallConfig,
 }
@@ -148,7 +153,7 @@ impl Call {
         config: CallConfig,
     ) -> Self {
         let ring_deadline = now + config.ring_timeout;
-        let mut call = Self {
+        Self {
             id,
             caller,
             callee,
@@ -160,16 +165,10 @@ impl Call {
             callee_away: None,
             buffered: VecDeque::new(),
             buffered_bytes: 0,
+            ring_unpolled: true,
             outputs: VecDeque::new(),
             config,
-        };
-        call.outputs.push_back(CallOutput::Ring {
-            call: id,
-            caller,
-            callee,
-            deadline: ring_deadline,
-        });
-        call
+        }
     }
 
     // Getters.
@@ -422,6 +421,15 @@ impl Call {
     }
 
     pub fn poll_output(&mut self) -> Option<CallOutput> {
+        // The ring comes first: every other output follows an input.
+        if std::mem::take(&mut self.ring_unpolled) {
+            return Some(CallOutput::Ring {
+                call: self.id,
+                caller: self.caller,
+                callee: self.callee,
+                deadline: self.ring_deadline,
+            });
+        }
         self.outputs.pop_front()
     }
 

@@ -4,16 +4,24 @@
 //! [`CallQueue::handle_timeout`], and carries out what
 //! [`CallQueue::poll_output`] yields.
 //!
-//! Deadlines sit in an ordered set keyed by `(deadline, call)`, so arming,
+//! Deadlines sit in an ordered map keyed by `(deadline, call)`, so arming,
 //! re-arming and expiring cost O(log n) each, and the next deadline is the
-//! set's first entry: 100,000 ringing calls cost no more per call than ten.
+//! map's first entry: 100,000 ringing calls cost no more per call than ten.
+//!
+//! The calls themselves live in a slab, one dense array, and the timers
+//! and the per-user index point into it by slot: expiring a call needs no
+//! lookup to find it, and growing the queue never moves the calls through
+//! a rehash.
 //!
 //! Glare: when A calls B while B's call to A is still ringing, A's request
 //! answers B's call from A's requesting device. Both wanted to talk; one
 //! call connects them, and nobody is left ringing.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Instant;
+
+use slab::Slab;
 
 use crate::call::{Call, CallConfig, CallError, CallOutput, CallPhase, Device};
 use crate::ids::{CallId, SessionId, UserId};
@@ -41,14 +49,27 @@ pub struct CallView {
     pub ring_deadline: Instant,
 }
 
+/// The maps are keyed by ids the server made, so std's SipHash, the
+/// costliest part of every lookup, buys little flood resistance here;
+/// foldhash is far cheaper and still seeded per process.
+type Map<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// A call and the deadline its timer is armed at, kept together so that
+/// re-arming needs no second lookup.
+struct Slot {
+    call: Call,
+    armed: Option<Instant>,
+}
+
 #[derive(Default)]
 pub struct CallQueue {
-    calls: HashMap<CallId, Call>,
-    /// Each call's current deadline, as armed in `timers`.
-    armed: HashMap<CallId, Instant>,
-    timers: BTreeSet<(Instant, CallId)>,
-    /// The one call each user is in.
-    by_user: HashMap<UserId, CallId>,
+    slots: Slab<Slot>,
+    /// Each call's slot.
+    by_id: Map<CallId, usize>,
+    /// The slot of the one call each user is in.
+    by_user: Map<UserId, usize>,
+    /// Armed deadlines, with the slot of their call.
+    timers: BTreeMap<(Instant, CallId), usize>,
     outputs: VecDeque<CallOutput>,
     config: CallConfig,
 }
@@ -65,20 +86,20 @@ impl CallQueue {
 
     /// Calls in progress.
     pub fn len(&self) -> usize {
-        self.calls.len()
+        self.slots.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.calls.is_empty()
+        self.slots.is_empty()
     }
 
     pub fn get(&self, id: CallId) -> Option<CallView> {
-        self.calls.get(&id).map(view)
+        self.by_id.get(&id).map(|&key| self.view(key))
     }
 
     /// The call `user` is in, if any.
     pub fn call_of(&self, user: UserId) -> Option<CallView> {
-        self.by_user.get(&user).and_then(|id| self.get(*id))
+        self.by_user.get(&user).map(|&key| self.view(key))
     }
 
     // Inputs.
@@ -96,37 +117,48 @@ impl CallQueue {
         if caller.user == callee {
             return Err(CallError::NotParticipant);
         }
-        if let Some(existing) = self.by_user.get(&caller.user).copied() {
-            let glare = self.calls.get(&existing).is_some_and(|call| {
-                call.caller().user == callee
-                    && call.callee() == caller.user
-                    && call.phase() == CallPhase::Ringing
-            });
+        if let Some(&existing) = self.by_user.get(&caller.user) {
+            let call = &self.slots[existing].call;
+            let glare = call.caller().user == callee
+                && call.callee() == caller.user
+                && call.phase() == CallPhase::Ringing;
             if !glare {
                 return Err(CallError::AlreadyInCall);
             }
-            self.with_call(existing, |call| call.handle_accept(now, caller))?;
-            return Ok(Requested::JoinedGlare { call: existing });
+            let existing_id = call.id();
+            self.with_slot(existing, |call| call.handle_accept(now, caller))?;
+            return Ok(Requested::JoinedGlare { call: existing_id });
         }
-        if self.by_user.contains_key(&callee) {
-            self.outputs.push_back(CallOutput::Ended {
-                call: id,
-                caller,
-                callee,
-                outcome: CallOutcome::Busy,
-                reason: "the callee is in another call",
-                answered_at: None,
-            });
-            return Ok(Requested::Busy { call: id });
+        let key = self.slots.vacant_key();
+        // One lookup both finds a busy callee and claims a free one.
+        match self.by_user.entry(callee) {
+            Entry::Occupied(_) => {
+                self.outputs.push_back(CallOutput::Ended {
+                    call: id,
+                    caller,
+                    callee,
+                    outcome: CallOutcome::Busy,
+                    reason: "the callee is in another call",
+                    answered_at: None,
+                });
+                return Ok(Requested::Busy { call: id });
+            }
+            Entry::Vacant(entry) => {
+                entry.insert(key);
+            }
         }
+        self.by_user.insert(caller.user, key);
+        let previous = self.by_id.insert(id, key);
+        debug_assert!(previous.is_none(), "call {id} requested twice");
         let mut call = Call::new(id, caller, callee, now, self.config.clone());
         let deadline = call.ring_deadline();
         self.outputs
             .extend(std::iter::from_fn(|| call.poll_output()));
-        self.by_user.insert(caller.user, id);
-        self.by_user.insert(callee, id);
-        self.calls.insert(id, call);
-        self.rearm(id);
+        let armed = call.poll_timeout();
+        if let Some(at) = armed {
+            self.timers.insert((at, id), key);
+        }
+        self.slots.insert(Slot { call, armed });
         Ok(Requested::Ringing { call: id, deadline })
     }
 
@@ -187,8 +219,8 @@ impl CallQueue {
 
     /// A device's WebSocket closed.
     pub fn handle_device_away(&mut self, now: Instant, device: Device) {
-        if let Some(id) = self.by_user.get(&device.user).copied() {
-            let _ = self.with_call(id, |call| {
+        if let Some(&key) = self.by_user.get(&device.user) {
+            let _ = self.with_slot(key, |call| {
                 call.handle_device_away(now, device.session);
                 Ok(())
             });
@@ -197,8 +229,8 @@ impl CallQueue {
 
     /// A device's WebSocket opened.
     pub fn handle_device_back(&mut self, device: Device) {
-        if let Some(id) = self.by_user.get(&device.user).copied() {
-            let _ = self.with_call(id, |call| {
+        if let Some(&key) = self.by_user.get(&device.user) {
+            let _ = self.with_slot(key, |call| {
                 call.handle_device_back(device.session);
                 Ok(())
             });
@@ -207,11 +239,11 @@ impl CallQueue {
 
     /// Ends every call whose deadline has passed.
     pub fn handle_timeout(&mut self, now: Instant) {
-        while let Some(&(deadline, id)) = self.timers.first() {
+        while let Some((&(deadline, _), &key)) = self.timers.first_key_value() {
             if deadline > now {
                 break;
             }
-            let _ = self.with_call(id, |call| {
+            let _ = self.with_slot(key, |call| {
                 call.handle_timeout(now);
                 Ok(())
             });
@@ -222,58 +254,82 @@ impl CallQueue {
 
     /// The earliest deadline of all calls.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(deadline, _)| *deadline)
+        self.timers
+            .first_key_value()
+            .map(|(&(deadline, _), _)| deadline)
     }
 
     pub fn poll_output(&mut self) -> Option<CallOutput> {
         self.outputs.pop_front()
     }
 
-    /// Runs an input on one call, then collects its output, re-arms its
-    /// timer, and forgets it once it ended.
+    fn view(&self, key: usize) -> CallView {
+        let call = &self.slots[key].call;
+        CallView {
+            id: call.id(),
+            caller: call.caller(),
+            callee: call.callee(),
+            callee_device: call.callee_device(),
+            phase: call.phase(),
+            ring_deadline: call.ring_deadline(),
+        }
+    }
+
+    /// [`Self::with_slot`] for the call with id `id`.
     fn with_call(
         &mut self,
         id: CallId,
         input: impl FnOnce(&mut Call) -> Result<(), CallError>,
     ) -> Result<(), CallError> {
-        let call = self.calls.get_mut(&id).ok_or(CallError::NotFound)?;
+        let key = *self.by_id.get(&id).ok_or(CallError::NotFound)?;
+        self.with_slot(key, input)
+    }
+
+    /// Runs an input on the call in slot `key`, then collects its output,
+    /// re-arms its timer, and forgets it once it ended.
+    fn with_slot(
+        &mut self,
+        key: usize,
+        input: impl FnOnce(&mut Call) -> Result<(), CallError>,
+    ) -> Result<(), CallError> {
+        let Slot { call, armed } = &mut self.slots[key];
         let result = input(call);
         self.outputs
             .extend(std::iter::from_fn(|| call.poll_output()));
+        let id = call.id();
         if let Some(device) = call.callee_device() {
-            self.by_user.insert(device.user, id);
+            self.by_user.insert(device.user, key);
+        }
+        // Most inputs (a relayed signal, say) leave the deadline as it was,
+        // and then the timer stays as it is.
+        let deadline = call.poll_timeout();
+        if deadline != *armed {
+            if let Some(old) = *armed {
+                self.timers.remove(&(old, id));
+            }
+            if let Some(new) = deadline {
+                self.timers.insert((new, id), key);
+            }
+            *armed = deadline;
         }
         if call.is_ended() {
-            let call = self.calls.remove(&id).expect("the call was just found");
+            let Slot { call, .. } = self.slots.remove(key);
             for user in [call.caller().user, call.callee()] {
-                if self.by_user.get(&user) == Some(&id) {
-                    self.by_user.remove(&user);
+                if let Entry::Occupied(entry) = self.by_user.entry(user)
+                    && *entry.get() == key
+                {
+                    entry.remove();
                 }
             }
+            // Checked like the users, so a driver that reused an id cannot
+            // unlist the call that reused it.
+            if let Entry::Occupied(entry) = self.by_id.entry(id)
+                && *entry.get() == key
+            {
+                entry.remove();
+            }
         }
-        self.rearm(id);
         result
-    }
-
-    fn rearm(&mut self, id: CallId) {
-        if let Some(old) = self.armed.remove(&id) {
-            self.timers.remove(&(old, id));
-        }
-        if let Some(deadline) = self.calls.get(&id).and_then(Call::poll_timeout) {
-            self.armed.insert(id, deadline);
-            self.timers.insert((deadline, id));
-        }
-    }
-}
-
-fn view(call: &Call) -> CallView {
-    CallView {
-        id: call.id(),
-        caller: call.caller(),
-        callee: call.callee(),
-        callee_device: call.callee_device(),
-        phase: call.phase(),
-        ring_deadline: call.ring_deadline(),
     }
 }
 
