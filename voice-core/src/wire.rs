@@ -508,8 +508,22 @@ pub enum Event {
     /// continue from `latest_seq`.
     #[serde(rename = "resync_required")]
     ResyncRequired { reason: String, latest_seq: u64 },
+    /// Answers a `message.send` once the message is committed. The message
+    /// also arrives as a stored `message.created`, on every device of every
+    /// participant, the sending one included.
+    #[serde(rename = "message.sent")]
+    MessageSent {
+        #[serde(rename = "ref")]
+        reference: String,
+        message: Message,
+    },
     #[serde(rename = "error")]
-    Error { error: Error },
+    Error {
+        error: Error,
+        /// The `ref` of the client message this answers, if it had one.
+        #[serde(rename = "ref", default, skip_serializing_if = "Option::is_none")]
+        reference: Option<String>,
+    },
 }
 
 /// A stored event in one user's log.
@@ -624,6 +638,14 @@ pub enum ClientMessage {
     /// `{"type":"call.signal","call_id":…,"payload":{"sdp":…}|{"candidate":…}}`:
     /// relayed to the other participant's device exactly as sent.
     CallSignal { call_id: CallId, payload: RawJson },
+    /// `{"type":"message.send","ref":…,"to":…,"body":…,"client_id"?:…}`:
+    /// sends a message as `POST /v1/messages` does, without a request per
+    /// message. Answered with `message.sent` after the commit, or with an
+    /// `error`; both carry `ref`, which the client chooses.
+    SendMessage {
+        reference: String,
+        request: SendMessageRequest,
+    },
 }
 
 impl ClientMessage {
@@ -649,6 +671,18 @@ impl ClientMessage {
             #[serde(borrow)]
             payload: &'a serde_json::value::RawValue,
         }
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct SendMessage {
+            #[serde(rename = "type")]
+            _kind: String,
+            #[serde(rename = "ref")]
+            reference: String,
+            to: Recipient,
+            body: String,
+            #[serde(default)]
+            client_id: Option<String>,
+        }
         let malformed =
             |e: serde_json::Error| Error::bad_request(format!("malformed message: {e}"));
         let tag: Tag<'_> = serde_json::from_str(text).map_err(malformed)?;
@@ -664,6 +698,17 @@ impl ClientMessage {
                 Ok(ClientMessage::CallSignal {
                     call_id: signal.call_id,
                     payload: RawJson(signal.payload.to_owned()),
+                })
+            }
+            "message.send" => {
+                let send: SendMessage = serde_json::from_str(text).map_err(malformed)?;
+                Ok(ClientMessage::SendMessage {
+                    reference: send.reference,
+                    request: SendMessageRequest {
+                        to: send.to,
+                        body: send.body,
+                        client_id: send.client_id,
+                    },
                 })
             }
             other => Err(Error::bad_request(format!(
@@ -721,6 +766,36 @@ mod tests {
             ClientMessage::Typing { conversation }
         );
         assert!(ClientMessage::decode(r#"{"type":"nope"}"#).is_err());
+
+        let send = format!(
+            r#"{{"type":"message.send","ref":"r1","to":{{"user":"{user}"}},"body":"hi","client_id":"c1"}}"#
+        );
+        assert_eq!(
+            ClientMessage::decode(&send).unwrap(),
+            ClientMessage::SendMessage {
+                reference: "r1".into(),
+                request: SendMessageRequest {
+                    to: Recipient::User(user),
+                    body: "hi".into(),
+                    client_id: Some("c1".into()),
+                },
+            }
+        );
+        let without_ref =
+            format!(r#"{{"type":"message.send","to":{{"user":"{user}"}},"body":"hi"}}"#);
+        assert!(ClientMessage::decode(&without_ref).is_err());
+        let error = ServerEvent::new(
+            None,
+            Event::Error {
+                error: Error::forbidden("no"),
+                reference: Some("r1".into()),
+            },
+        );
+        assert!(
+            error.encode().contains(r#""ref":"r1""#),
+            "{}",
+            error.encode()
+        );
     }
 
     #[test]

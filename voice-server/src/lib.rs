@@ -242,8 +242,15 @@ impl Server {
         drop(serve);
         sweeper.abort();
         pruner.abort();
+        let stats = self.store.stats();
         self.store.close().await;
-        tracing::info!("database closed");
+        tracing::info!(
+            batches = stats.batches,
+            writes = stats.writes,
+            largest_batch = stats.largest_batch,
+            failed_batches = stats.failed_batches,
+            "database closed"
+        );
         result
     }
 }

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use voice_core::model::{Conversation, ConversationAccess, Message, NewMessage};
+use voice_core::model::{Conversation, ConversationAccess, Message, MessageInsert, NewMessage};
 use voice_core::wire::{
     ConversationsResponse, ErrorBody, MarkReadRequest, MessagesPage, Recipient, SendMessageRequest,
 };
@@ -88,7 +88,25 @@ async fn send(
     user: AuthUser,
     Json(request): Json<SendMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    check_message_rate(&state, user.user_id)?;
+    let inserted = send_message(&state, user.user_id, request).await?;
+    let status = if inserted.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(inserted.message)))
+}
+
+/// Checks, stores and publishes one message from `sender`: the one path
+/// behind `POST /v1/messages` and the WebSocket's `message.send`. Returns
+/// once the message is committed (or was already, for a retry with the
+/// same `client_id`).
+pub async fn send_message(
+    state: &AppState,
+    sender: UserId,
+    request: SendMessageRequest,
+) -> ApiResult<MessageInsert> {
+    check_message_rate(state, sender)?;
     let limits = &state.config.limits;
     if request.body.trim().is_empty() {
         return Err(Error::bad_request("the message is empty").into());
@@ -110,28 +128,28 @@ async fn send(
         .into());
     }
     let conversation = match request.to {
-        Recipient::User(to) if to == user.user_id => {
+        Recipient::User(to) if to == sender => {
             return Err(Error::bad_request("you cannot message yourself").into());
         }
-        Recipient::User(to) => Conversation::direct(user.user_id, to),
+        Recipient::User(to) => Conversation::direct(sender, to),
         // A group one is not in answers like one that does not exist.
         Recipient::Group(group) => Conversation::Group(group),
     };
-    if !can_send(&state, user.user_id, conversation).await? {
+    if !can_send(state, sender, conversation).await? {
         return Err(Error::forbidden(match conversation {
             Conversation::Direct { .. } => "you can only message your friends",
             Conversation::Group(_) => "you are not a member of this group",
         })
         .into());
     }
-    let recipients = participants(&state, conversation).await?;
+    let recipients = participants(state, conversation).await?;
     let inserted = state
         .store
         .insert_message(
             &NewMessage {
                 id: MessageId::new(),
                 conversation,
-                sender: user.user_id,
+                sender,
                 body: request.body,
                 client_id: request.client_id,
                 created_at: OffsetDateTime::now_utc(),
@@ -139,13 +157,8 @@ async fn send(
             &recipients,
         )
         .await?;
-    publish(&state, &inserted.deliveries).await;
-    let status = if inserted.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(inserted.message)))
+    publish(state, &inserted.deliveries).await;
+    Ok(inserted)
 }
 
 #[utoipa::path(delete, path = "/v1/messages/{id}", tag = "messages", security(("bearer" = [])), params(("id" = MessageId, Path)),

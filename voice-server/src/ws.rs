@@ -11,6 +11,12 @@
 //! pruned it gets `resync_required` instead. A device that cannot keep up
 //! is closed with code 4008 and resumes later with `since`.
 //!
+//! A device can send messages over its socket (`message.send`, the same
+//! checks and storage as `POST /v1/messages`, without a request per
+//! message): each is answered with `message.sent` after its commit, or an
+//! `error`, both carrying the client's `ref`. One device's sends are
+//! handled in the order they arrive.
+//!
 //! After any replay the device gets `ready` with its current `latest_seq`.
 //! Live events can be published out of order (each by the task that
 //! committed it); a gap in `seq` is filled from the store, so a device
@@ -31,17 +37,19 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::Response;
+use futures_util::{FutureExt, SinkExt};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use voice_core::bus::SubscriptionEnd;
 use voice_core::call::Device;
+use voice_core::model::Conversation;
 use voice_core::model::FriendStatus;
 use voice_core::wire::{
     ClientMessage, ErrorBody, Event, Presence, RawJson, Replay, ServerEvent, WsTicket,
 };
-use voice_core::{Error, UserId};
+use voice_core::{CallId, Error, UserId};
 
 use crate::auth::AuthUser;
 use crate::auth::extract::bearer_token;
@@ -49,7 +57,7 @@ use crate::auth::flows::lock;
 use crate::auth::tokens::{hash_token, random_token};
 use crate::calls::routes::call_error;
 use crate::error::{ApiError, ApiResult, Json, Query};
-use crate::messages::{can_send, check_message_rate, participants};
+use crate::messages::{can_send, check_message_rate, participants, send_message};
 use crate::notify::publish_ephemeral;
 use crate::state::AppState;
 
@@ -226,6 +234,22 @@ impl Link {
             .await
     }
 
+    /// Writes `event` into the socket's buffer without flushing it.
+    async fn feed(&mut self, event: &ServerEvent) -> Result<(), ()> {
+        let message = Message::Text(event.encode().into());
+        match tokio::time::timeout(self.send_timeout, self.socket.feed(message)).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), ()> {
+        match tokio::time::timeout(self.send_timeout, self.socket.flush()).await {
+            Ok(Ok(())) => Ok(()),
+            _ => Err(()),
+        }
+    }
+
     async fn send_message(&mut self, message: Message) -> Result<(), ()> {
         match tokio::time::timeout(self.send_timeout, self.socket.send(message)).await {
             Ok(Ok(())) => Ok(()),
@@ -241,8 +265,8 @@ impl Link {
         let _ = self.send_message(Message::Close(Some(frame))).await;
     }
 
-    async fn send_error(&mut self, error: Error) -> Result<(), ()> {
-        self.send(&ServerEvent::new(None, Event::Error { error }))
+    async fn send_error(&mut self, error: Error, reference: Option<String>) -> Result<(), ()> {
+        self.send(&ServerEvent::new(None, Event::Error { error, reference }))
             .await
     }
 }
@@ -299,44 +323,25 @@ async fn serve(
 
     loop {
         tokio::select! {
-            event = subscription.next() => match event {
-                Ok(event) => {
-                    if let Event::SessionEnded { .. } = event.event {
-                        let _ = link.send(&event).await;
-                        return Some(Close { code: CLOSE_SESSION_ENDED, reason: "session ended" });
+            event = subscription.next() => {
+                // Whatever else is already queued goes out with this event
+                // in as few socket writes as the write buffer allows.
+                let mut next = Some(event);
+                let mut taken = 0;
+                while let Some(event) = next.take() {
+                    // Boxed for the same reason (a replay's state).
+                    if let Err(close) = Box::pin(forward(state, user, link, &mut last_seq, event)).await {
+                        return close;
                     }
-                    if let Some(seq) = event.seq {
-                        if seq <= last_seq {
-                            continue;
-                        }
-                        if seq > last_seq + 1 {
-                            // Events are published after their commit, by
-                            // whichever task committed them, so they can
-                            // arrive out of order. Everything up to `seq`
-                            // is committed by now: take the gap from the
-                            // store, in order.
-                            match replay(state, user.user_id, last_seq, link).await {
-                                Ok(Some(seq)) => last_seq = seq,
-                                Ok(None) => return None,
-                                Err(()) => return Some(server_error),
-                            }
-                            if seq <= last_seq {
-                                continue;
-                            }
-                        }
-                        last_seq = seq;
-                    }
-                    if link.send(&event).await.is_err() {
-                        return None;
+                    taken += 1;
+                    if taken < COALESCE_EVENTS {
+                        next = subscription.next().now_or_never();
                     }
                 }
-                Err(SubscriptionEnd::Lagged) => {
-                    return Some(Close { code: CLOSE_SLOW_CONSUMER, reason: "too slow: reconnect with since" });
+                if link.flush().await.is_err() {
+                    return None;
                 }
-                Err(SubscriptionEnd::Closed) => {
-                    return Some(Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" });
-                }
-            },
+            }
             incoming = link.socket.recv() => {
                 last_heard = Instant::now();
                 match incoming {
@@ -353,12 +358,14 @@ async fn serve(
                         });
                     }
                     Some(Ok(Message::Text(text))) => {
-                        if handle_client_message(state, user, text.as_str(), link).await.is_err() {
+                        // Boxed: its state (a whole message send) would
+                        // otherwise be part of every idle connection's.
+                        if Box::pin(handle_client_message(state, user, text.as_str(), link)).await.is_err() {
                             return None;
                         }
                     }
                     Some(Ok(Message::Binary(_))) => {
-                        if link.send_error(Error::bad_request("binary messages are not understood; send JSON text")).await.is_err() {
+                        if link.send_error(Error::bad_request("binary messages are not understood; send JSON text"), None).await.is_err() {
                             return None;
                         }
                     }
@@ -378,6 +385,69 @@ async fn serve(
             }
         }
     }
+}
+
+/// Most live events written to a socket before it is flushed.
+const COALESCE_EVENTS: usize = 64;
+
+/// Passes one event from the bus to the device (written, not yet flushed),
+/// in `seq` order and without repeats. `Err` ends the connection, with the
+/// close to send if any.
+async fn forward(
+    state: &AppState,
+    user: AuthUser,
+    link: &mut Link,
+    last_seq: &mut u64,
+    event: Result<ServerEvent, SubscriptionEnd>,
+) -> Result<(), Option<Close>> {
+    let event = match event {
+        Ok(event) => event,
+        Err(SubscriptionEnd::Lagged) => {
+            return Err(Some(Close {
+                code: CLOSE_SLOW_CONSUMER,
+                reason: "too slow: reconnect with since",
+            }));
+        }
+        Err(SubscriptionEnd::Closed) => {
+            return Err(Some(Close {
+                code: CLOSE_GOING_AWAY,
+                reason: "server shutting down",
+            }));
+        }
+    };
+    if let Event::SessionEnded { .. } = event.event {
+        let _ = link.send(&event).await;
+        return Err(Some(Close {
+            code: CLOSE_SESSION_ENDED,
+            reason: "session ended",
+        }));
+    }
+    if let Some(seq) = event.seq {
+        if seq <= *last_seq {
+            return Ok(());
+        }
+        if seq > *last_seq + 1 {
+            // Events are published after their commit, by whichever task
+            // committed them, so they can arrive out of order. Everything
+            // up to `seq` is committed by now: take the gap from the
+            // store, in order.
+            match replay(state, user.user_id, *last_seq, link).await {
+                Ok(Some(seq)) => *last_seq = seq,
+                Ok(None) => return Err(None),
+                Err(()) => {
+                    return Err(Some(Close {
+                        code: CLOSE_SERVER_ERROR,
+                        reason: "server error",
+                    }));
+                }
+            }
+            if seq <= *last_seq {
+                return Ok(());
+            }
+        }
+        *last_seq = seq;
+    }
+    link.feed(&event).await.map_err(|()| None)
 }
 
 /// Completes once the server starts shutting down.
@@ -464,56 +534,91 @@ async fn handle_client_message(
     text: &str,
     link: &mut Link,
 ) -> Result<(), ()> {
-    let outcome = async {
-        match ClientMessage::decode(text)? {
-            ClientMessage::Typing { conversation } => {
-                check_message_rate(state, user.user_id).map_err(|e| e.0)?;
-                if !can_send(state, user.user_id, conversation)
-                    .await
-                    .map_err(|e| e.0)?
-                {
-                    return Err(Error::forbidden("you cannot write in this conversation"));
-                }
-                let others = participants(state, conversation)
-                    .await
-                    .map_err(|e| e.0)?
-                    .into_iter()
-                    .filter(|other| *other != user.user_id)
-                    .map(|other| {
-                        (
-                            other,
-                            Event::Typing {
-                                conversation,
-                                user_id: user.user_id,
-                            },
-                        )
-                    })
-                    .collect();
-                publish_ephemeral(state, others).await;
-                Ok(())
-            }
-            ClientMessage::CallSignal { call_id, payload } => {
-                check_message_rate(state, user.user_id).map_err(|e| e.0)?;
-                check_signal(state, &payload)?;
-                let from = Device {
-                    user: user.user_id,
-                    session: user.session_id,
-                };
-                match state
-                    .calls
-                    .signal(call_id, from, payload.get().to_owned())
-                    .await
-                {
-                    Ok(()) => Ok(()),
-                    Err(error) => Err(call_error(state, call_id, error).await.0),
-                }
-            }
-            _ => Err(Error::bad_request("unsupported message")),
+    let message = match ClientMessage::decode(text) {
+        Ok(message) => message,
+        Err(error) => return link.send_error(error, None).await,
+    };
+    let outcome = match message {
+        ClientMessage::Typing { conversation } => typing(state, user, conversation).await,
+        ClientMessage::CallSignal { call_id, payload } => {
+            call_signal(state, user, call_id, payload).await
         }
-    }
-    .await;
+        ClientMessage::SendMessage { reference, request } => {
+            // The ref is echoed back, so it gets the client_id's bound.
+            let max = state.config.limits.max_client_id_bytes;
+            if reference.is_empty() || reference.len() > max {
+                let error = Error::bad_request(format!("ref must be 1 to {max} bytes"));
+                return link.send_error(error, None).await;
+            }
+            return match send_message(state, user.user_id, request).await {
+                Ok(inserted) => {
+                    link.send(&ServerEvent::new(
+                        None,
+                        Event::MessageSent {
+                            reference,
+                            message: inserted.message,
+                        },
+                    ))
+                    .await
+                }
+                Err(error) => link.send_error(error.0, Some(reference)).await,
+            };
+        }
+        _ => Err(Error::bad_request("unsupported message")),
+    };
     match outcome {
         Ok(()) => Ok(()),
-        Err(error) => link.send_error(error).await,
+        Err(error) => link.send_error(error, None).await,
+    }
+}
+
+/// Relays a typing indicator to the conversation's other participants.
+async fn typing(state: &AppState, user: AuthUser, conversation: Conversation) -> Result<(), Error> {
+    check_message_rate(state, user.user_id).map_err(|e| e.0)?;
+    if !can_send(state, user.user_id, conversation)
+        .await
+        .map_err(|e| e.0)?
+    {
+        return Err(Error::forbidden("you cannot write in this conversation"));
+    }
+    let others = participants(state, conversation)
+        .await
+        .map_err(|e| e.0)?
+        .into_iter()
+        .filter(|other| *other != user.user_id)
+        .map(|other| {
+            (
+                other,
+                Event::Typing {
+                    conversation,
+                    user_id: user.user_id,
+                },
+            )
+        })
+        .collect();
+    publish_ephemeral(state, others).await;
+    Ok(())
+}
+
+/// Relays SDP or a candidate to the other participant of a call.
+async fn call_signal(
+    state: &AppState,
+    user: AuthUser,
+    call_id: CallId,
+    payload: RawJson,
+) -> Result<(), Error> {
+    check_message_rate(state, user.user_id).map_err(|e| e.0)?;
+    check_signal(state, &payload)?;
+    let from = Device {
+        user: user.user_id,
+        session: user.session_id,
+    };
+    match state
+        .calls
+        .signal(call_id, from, payload.get().to_owned())
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(error) => Err(call_error(state, call_id, error).await.0),
     }
 }

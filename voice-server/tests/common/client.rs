@@ -2,6 +2,7 @@
 //! WebSocket to a real server, with the assertions the messaging tests
 //! share.
 
+use std::collections::VecDeque;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -141,6 +142,18 @@ impl User {
 
     /// Opens a WebSocket with the bearer header, optionally resuming.
     pub async fn connect(&self, since: Option<u64>) -> Socket {
+        self.connect_with_receive_buffer(since, None).await
+    }
+
+    /// Connects with the kernel's receive buffer capped at `receive_buffer`
+    /// bytes (`None`: the kernel's own autotuning, which on loopback can
+    /// hold tens of megabytes). Tests of slow readers cap it so that the
+    /// server, not the kernel, is the one that runs out of room.
+    pub async fn connect_with_receive_buffer(
+        &self,
+        since: Option<u64>,
+        receive_buffer: Option<u32>,
+    ) -> Socket {
         let mut url = format!("{}/v1/ws", self.base.replace("http://", "ws://"));
         if let Some(since) = since {
             url.push_str(&format!("?since={since}"));
@@ -150,8 +163,25 @@ impl User {
             "authorization",
             format!("Bearer {}", self.token).parse().unwrap(),
         );
-        let (stream, _) = tokio_tungstenite::connect_async(request).await.unwrap();
-        Socket { stream }
+        let address = self
+            .base
+            .trim_start_matches("http://")
+            .parse::<std::net::SocketAddr>()
+            .expect("the test server listens on an IP address");
+        let tcp = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(bytes) = receive_buffer {
+            tcp.set_recv_buffer_size(bytes).unwrap();
+        }
+        let tcp = tcp.connect(address).await.unwrap();
+        let (stream, _) = tokio_tungstenite::client_async(request, MaybeTlsStream::Plain(tcp))
+            .await
+            .unwrap();
+        let mut socket = Socket {
+            stream,
+            read_ahead: VecDeque::new(),
+        };
+        socket.read_ahead_to_ready().await;
+        socket
     }
 }
 
@@ -179,6 +209,9 @@ pub async fn befriend(a: &User, b: &User) {
 
 pub struct Socket {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames read while waiting for `ready`, handed out first. `None`
+    /// stands for the end of the connection.
+    read_ahead: VecDeque<Option<WsMessage>>,
 }
 
 /// How a socket ended.
@@ -189,14 +222,51 @@ pub enum Ended {
 }
 
 impl Socket {
+    /// Reads up to and including `ready` (or the end of the connection)
+    /// and keeps it all for the test to read. The server subscribes a
+    /// connection only after the upgrade, and `ready` is what tells a
+    /// device that live events flow from then on: an event published
+    /// earlier is in the store, not on this socket.
+    async fn read_ahead_to_ready(&mut self) {
+        loop {
+            let frame = self.read_frame().await.expect("ready in time");
+            let is_end = match &frame {
+                Some(WsMessage::Text(text)) => {
+                    serde_json::from_str::<Value>(text.as_str()).unwrap()["type"] == "ready"
+                }
+                Some(WsMessage::Close(_)) | None => true,
+                Some(_) => false,
+            };
+            self.read_ahead.push_back(frame);
+            if is_end {
+                return;
+            }
+        }
+    }
+
+    /// The next frame off the wire (`None`: the connection ended), or
+    /// `Err` if none came within [`EVENT_WAIT`].
+    async fn read_frame(&mut self) -> Result<Option<WsMessage>, tokio::time::error::Elapsed> {
+        let frame = tokio::time::timeout(EVENT_WAIT, self.stream.next()).await?;
+        Ok(frame.and_then(Result::ok))
+    }
+
+    /// The next frame, read ahead or off the wire.
+    async fn next_frame(&mut self) -> Result<Option<WsMessage>, tokio::time::error::Elapsed> {
+        match self.read_ahead.pop_front() {
+            Some(frame) => Ok(frame),
+            None => self.read_frame().await,
+        }
+    }
+
     /// The next event's text exactly as sent, skipping pings.
     pub async fn next_text(&mut self) -> String {
         loop {
-            let message = tokio::time::timeout(EVENT_WAIT, self.stream.next())
+            let message = self
+                .next_frame()
                 .await
                 .expect("an event in time")
-                .expect("the socket is open")
-                .expect("a frame");
+                .expect("the socket is open");
             match message {
                 WsMessage::Text(text) => return text.as_str().to_string(),
                 WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
@@ -207,18 +277,7 @@ impl Socket {
 
     /// The next JSON event, skipping pings.
     pub async fn next_event(&mut self) -> Value {
-        loop {
-            let message = tokio::time::timeout(EVENT_WAIT, self.stream.next())
-                .await
-                .expect("an event in time")
-                .expect("the socket is open")
-                .expect("a frame");
-            match message {
-                WsMessage::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
-                WsMessage::Ping(_) | WsMessage::Pong(_) => continue,
-                other => panic!("expected an event, got {other:?}"),
-            }
-        }
+        serde_json::from_str(&self.next_text().await).unwrap()
     }
 
     /// The next event of `kind`, skipping others (presence, typing).
@@ -259,13 +318,13 @@ impl Socket {
     /// if it sent one.
     pub async fn ended(&mut self) -> Ended {
         loop {
-            match tokio::time::timeout(EVENT_WAIT, self.stream.next()).await {
+            match self.next_frame().await {
                 Err(_) => panic!("the connection stayed open"),
-                Ok(None) | Ok(Some(Err(_))) => return Ended::Dropped,
-                Ok(Some(Ok(WsMessage::Close(frame)))) => {
+                Ok(None) => return Ended::Dropped,
+                Ok(Some(WsMessage::Close(frame))) => {
                     return Ended::Closed(frame.map(|f| u16::from(f.code)));
                 }
-                Ok(Some(Ok(_))) => continue,
+                Ok(Some(_)) => continue,
             }
         }
     }
