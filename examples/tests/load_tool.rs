@@ -24,18 +24,27 @@ fn run(args: &[&str]) -> serde_json::Value {
 
 #[test]
 fn direct_messages_against_the_server_and_the_baseline() {
-    let result = run(&[
-        "dm",
-        "--clients",
-        "6",
-        "--rate",
-        "60",
-        "--duration",
-        "1",
-        "--baseline",
-    ]);
+    for via in ["socket", "http"] {
+        let result = run(&[
+            "dm",
+            "--clients",
+            "6",
+            "--rate",
+            "60",
+            "--duration",
+            "1",
+            "--baseline",
+            "--via",
+            via,
+        ]);
+        check_direct(&result, via);
+    }
+}
+
+fn check_direct(result: &serde_json::Value, via: &str) {
     for side in ["voice", "baseline"] {
         let report = &result[side];
+        assert_eq!(report["via"], via, "{side}: {report}");
         assert_eq!(report["sent"], 60, "{side}: {report}");
         assert_eq!(report["acked"], 60, "{side}: {report}");
         assert_eq!(report["deliveries"], 60, "{side}: {report}");

@@ -74,6 +74,10 @@ struct Common {
     /// counts in the latency, which runs from the scheduled send time).
     #[arg(long, default_value_t = 512)]
     max_in_flight: usize,
+    /// How messages are sent: `message.send` on each user's open
+    /// WebSocket, or one `POST /v1/messages` each.
+    #[arg(long, value_enum, default_value_t = SendVia::Socket)]
+    via: SendVia,
     /// The started server's `store.synchronous`.
     #[arg(long, value_enum, default_value_t = Sync::Normal)]
     synchronous: Sync,
@@ -95,6 +99,12 @@ struct Common {
     /// No progress bar (for logs).
     #[arg(long)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SendVia {
+    Socket,
+    Http,
 }
 
 #[derive(Clone, Copy, ValueEnum, Serialize)]
@@ -171,6 +181,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     };
     let settings = workload::Settings {
         load,
+        via: match common.via {
+            SendVia::Socket => workload::Via::Socket,
+            SendVia::Http => workload::Via::Http,
+        },
         clients,
         rate: common.rate,
         duration: Duration::from_secs_f64(common.duration.clamp(0.1, 3600.0)),

@@ -1,9 +1,11 @@
 //! The baseline: a bare WebSocket relay with the same API shape as the
 //! server's message path and nothing else. `POST /v1/messages` with
-//! `{"to":{"user":id},"body":…}` (or `{"to":{"group":id}}`) is answered 201
-//! and the body goes out as a `message.created` event to the recipients'
-//! sockets (`GET /v1/ws?user=id`). No auth, no storage, no sequence
-//! numbers: what any server must at least do to pass a message on.
+//! `{"to":{"user":id},"body":…}` (or `{"to":{"group":id}}`) is answered 201,
+//! and a `{"type":"message.send","ref":…,"to":…,"body":…}` frame on a
+//! socket is answered `{"type":"message.sent","ref":…}`; either way the body
+//! goes out as a `message.created` event to the recipients' sockets
+//! (`GET /v1/ws?user=id`). No auth, no storage, no sequence numbers: what
+//! any server must at least do to pass a message on.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +37,8 @@ struct Connect {
 struct Send {
     to: Recipient,
     body: String,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -78,7 +82,7 @@ async fn connect(
 async fn run_socket(relay: Arc<Relay>, user: String, socket: WebSocket) {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     if let Ok(mut sockets) = relay.sockets.lock() {
-        sockets.entry(user.clone()).or_default().push(tx);
+        sockets.entry(user.clone()).or_default().push(tx.clone());
     }
     let (mut sink, mut stream) = socket.split();
     let writer = tokio::spawn(async move {
@@ -89,8 +93,17 @@ async fn run_socket(relay: Arc<Relay>, user: String, socket: WebSocket) {
         }
     });
     while let Some(Ok(message)) = stream.next().await {
-        if let Message::Close(_) = message {
-            break;
+        match message {
+            Message::Close(_) => break,
+            Message::Text(text) => {
+                if let Ok(message) = serde_json::from_str::<Send>(text.as_str()) {
+                    let answer =
+                        serde_json::json!({"type": "message.sent", "ref": message.reference});
+                    relay.deliver(message);
+                    let _ = tx.send(answer.to_string());
+                }
+            }
+            _ => {}
         }
     }
     writer.abort();
@@ -102,24 +115,33 @@ async fn run_socket(relay: Arc<Relay>, user: String, socket: WebSocket) {
 }
 
 async fn send(State(relay): State<Arc<Relay>>, Json(message): Json<Send>) -> StatusCode {
-    let recipients = match message.to {
-        Recipient::User(user) => vec![user],
-        Recipient::Group(group) => relay
-            .groups
-            .lock()
-            .map(|g| g.get(&group).cloned().unwrap_or_default())
-            .unwrap_or_default(),
-    };
-    let event = serde_json::json!({"type": "message.created", "message": {"body": message.body}})
-        .to_string();
-    if let Ok(sockets) = relay.sockets.lock() {
-        for user in recipients {
-            for tx in sockets.get(&user).into_iter().flatten() {
-                let _ = tx.send(event.clone());
+    relay.deliver(message);
+    StatusCode::CREATED
+}
+
+impl Relay {
+    /// Sends the body as a `message.created` event to every socket of every
+    /// recipient.
+    fn deliver(&self, message: Send) {
+        let recipients = match message.to {
+            Recipient::User(user) => vec![user],
+            Recipient::Group(group) => self
+                .groups
+                .lock()
+                .map(|g| g.get(&group).cloned().unwrap_or_default())
+                .unwrap_or_default(),
+        };
+        let event =
+            serde_json::json!({"type": "message.created", "message": {"body": message.body}})
+                .to_string();
+        if let Ok(sockets) = self.sockets.lock() {
+            for user in recipients {
+                for tx in sockets.get(&user).into_iter().flatten() {
+                    let _ = tx.send(event.clone());
+                }
             }
         }
     }
-    StatusCode::CREATED
 }
 
 async fn create_group(State(relay): State<Arc<Relay>>, Json(group): Json<NewGroup>) -> StatusCode {

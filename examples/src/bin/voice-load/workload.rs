@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{StreamExt, stream};
+use futures_util::{SinkExt, StreamExt, stream};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
@@ -24,8 +24,19 @@ pub enum Load {
     Calls,
 }
 
+/// How messages are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Via {
+    /// `message.send` on the sender's open WebSocket, answered by
+    /// `message.sent` (or an `error`) carrying the send's `ref`.
+    Socket,
+    /// One `POST /v1/messages` per message.
+    Http,
+}
+
 pub struct Settings {
     pub load: Load,
+    pub via: Via,
     pub clients: usize,
     pub rate: f64,
     pub duration: Duration,
@@ -60,6 +71,8 @@ impl Percentiles {
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     pub target: String,
+    /// How messages were sent: `socket` or `http`.
+    pub via: &'static str,
     pub clients: usize,
     pub offered_rate: f64,
     pub duration_secs: f64,
@@ -184,10 +197,14 @@ struct Tracker {
     error_samples: Mutex<Vec<String>>,
     latency: Mutex<Histogram<u64>>,
     ack_latency: Mutex<Histogram<u64>>,
+    /// Sends not answered yet; a permit is taken per send and given back
+    /// by whoever sees the answer (the HTTP task or the socket's reader).
+    in_flight: Semaphore,
+    max_in_flight: usize,
 }
 
 impl Tracker {
-    fn new(messages: usize, expected_per_message: u32) -> Self {
+    fn new(messages: usize, expected_per_message: u32, max_in_flight: usize) -> Self {
         let histogram =
             || Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"));
         Self {
@@ -202,7 +219,32 @@ impl Tracker {
             error_samples: Mutex::new(Vec::new()),
             latency: histogram(),
             ack_latency: histogram(),
+            in_flight: Semaphore::new(max_in_flight),
+            max_in_flight,
         }
+    }
+
+    /// Send `k`, scheduled at `scheduled_ns`, was acknowledged.
+    fn ack(&self, k: usize, scheduled_ns: u64) {
+        if let Some(acked) = self.acked.get(k) {
+            acked.store(true, Ordering::Relaxed);
+        }
+        let now = self.now_ns();
+        if let Ok(mut h) = self.ack_latency.lock() {
+            let _ = h.record((now.saturating_sub(scheduled_ns) / 1000).max(1));
+        }
+    }
+
+    /// An answer (acknowledgement or error) to a socket send arrived.
+    fn answered(&self, reference: &str, error: Option<&serde_json::Value>) {
+        let parsed = reference
+            .split_once(':')
+            .and_then(|(k, ns)| Some((k.parse::<usize>().ok()?, ns.parse::<u64>().ok()?)));
+        match (parsed, error) {
+            (Some((k, scheduled_ns)), None) => self.ack(k, scheduled_ns),
+            (_, error) => self.error(format!("ref {reference}: {error:?}")),
+        }
+        self.in_flight.add_permits(1);
     }
 
     fn now_ns(&self) -> u64 {
@@ -304,7 +346,7 @@ pub async fn run(target: &Target, settings: &Settings, baseline: bool) -> Result
         Load::Fanout => (peers.len() as u32).saturating_sub(1),
         Load::Idle | Load::Calls => 0,
     };
-    let tracker = Arc::new(Tracker::new(total, expected));
+    let tracker = Arc::new(Tracker::new(total, expected, settings.max_in_flight));
 
     let rss_before_connections = target.rss();
     let sockets = connect_all(&http, &peers, baseline, tracker.clone()).await?;
@@ -315,6 +357,10 @@ pub async fn run(target: &Target, settings: &Settings, baseline: bool) -> Result
             "baseline relay".into()
         } else {
             target.url.clone()
+        },
+        via: match settings.via {
+            Via::Socket => "socket",
+            Via::Http => "http",
         },
         clients: peers.len(),
         offered_rate: settings.rate,
@@ -351,6 +397,7 @@ pub async fn run(target: &Target, settings: &Settings, baseline: bool) -> Result
         let sent = send_all(
             &http,
             &peers,
+            &sockets,
             group.as_deref(),
             settings,
             total,
@@ -432,7 +479,8 @@ pub async fn run(target: &Target, settings: &Settings, baseline: bool) -> Result
         .map(|s| s.clone())
         .unwrap_or_default();
     for socket in sockets {
-        socket.abort();
+        socket.reader.abort();
+        socket.writer.abort();
     }
     Ok(report)
 }
@@ -561,6 +609,17 @@ struct Incoming {
     #[serde(rename = "type")]
     kind: String,
     message: Option<IncomingMessage>,
+    #[serde(rename = "ref")]
+    reference: Option<String>,
+    error: Option<serde_json::Value>,
+}
+
+/// One user's open WebSocket: a task reading events, and a task writing
+/// what is pushed into `outgoing`.
+struct Socket {
+    reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+    outgoing: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 #[derive(Deserialize)]
@@ -573,9 +632,9 @@ async fn connect_all(
     peers: &[Peer],
     baseline: bool,
     tracker: Arc<Tracker>,
-) -> Result<Vec<tokio::task::JoinHandle<()>>, String> {
+) -> Result<Vec<Socket>, String> {
     let ws_base = http.base.replacen("http", "ws", 1);
-    let results: Vec<Result<tokio::task::JoinHandle<()>, String>> = stream::iter(peers)
+    let results: Vec<Result<Socket, String>> = stream::iter(peers)
         .map(|peer| {
             let (http, ws_base, tracker) = (http.clone(), ws_base.clone(), tracker.clone());
             async move {
@@ -596,8 +655,16 @@ async fn connect_all(
                     .await
                     .map_err(|e| format!("{url}: {e}"))?;
                 let receiver = peer.index;
-                Ok(tokio::spawn(async move {
-                    let (_, mut stream) = socket.split();
+                let (mut sink, mut stream) = socket.split();
+                let (outgoing, mut to_send) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let writer = tokio::spawn(async move {
+                    while let Some(text) = to_send.recv().await {
+                        if sink.send(Message::Text(text.into())).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+                let reader = tokio::spawn(async move {
                     while let Some(Ok(message)) = stream.next().await {
                         let Message::Text(text) = message else {
                             continue;
@@ -611,13 +678,24 @@ async fn connect_all(
                                     tracker.delivered(receiver, &body);
                                 }
                             }
+                            "message.sent" | "error" => match &event.reference {
+                                Some(reference) => {
+                                    tracker.answered(reference, event.error.as_ref())
+                                }
+                                None => tracker.error(format!("{:?}", event.error)),
+                            },
                             "call.expired" if receiver.is_multiple_of(2) => {
                                 tracker.expired.fetch_add(1, Ordering::Relaxed);
                             }
                             _ => {}
                         }
                     }
-                }))
+                });
+                Ok(Socket {
+                    reader,
+                    writer,
+                    outgoing,
+                })
             }
         })
         .buffered(64)
@@ -629,6 +707,7 @@ async fn connect_all(
 async fn send_all(
     http: &Http,
     peers: &[Peer],
+    sockets: &[Socket],
     group: Option<&str>,
     settings: &Settings,
     total: usize,
@@ -643,7 +722,6 @@ async fn send_all(
         indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} sent, {msg} [{elapsed}]")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let in_flight = Arc::new(Semaphore::new(settings.max_in_flight));
     let interval = Duration::from_secs_f64(1.0 / settings.rate.max(0.001));
     let started = tokio::time::Instant::now();
     let pairs = (peers.len() / 2).max(1);
@@ -651,7 +729,7 @@ async fn send_all(
     for k in 0..total {
         let scheduled = started + interval.mul_f64(k as f64);
         tokio::time::sleep_until(scheduled).await;
-        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+        let Ok(permit) = tracker.in_flight.acquire().await else {
             break;
         };
         let scheduled_ns = tracker.now_ns().saturating_sub(
@@ -694,33 +772,38 @@ async fn send_all(
             }
             Load::Idle => break,
         };
-        let (http, shared) = (http.clone(), tracker.clone());
-        let token = peers[sender].token.clone();
-        tokio::spawn(async move {
-            let tracker = shared;
-            let result = http
-                .request(reqwest::Method::POST, path, token.as_deref(), Some(body))
-                .await;
-            match result {
-                Ok(response) if response.status().is_success() => {
-                    tracker.acked[k].store(true, Ordering::Relaxed);
-                    let now = tracker.now_ns();
-                    if let Ok(mut h) = tracker.ack_latency.lock() {
-                        let _ = h.record((now.saturating_sub(scheduled_ns) / 1000).max(1));
-                    }
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    let text = response.text().await.unwrap_or_default();
-                    tracker.error(format!(
-                        "{status}: {}",
-                        text.chars().take(200).collect::<String>()
-                    ));
-                }
-                Err(e) => tracker.error(e),
+        // The permit goes back when the answer is seen.
+        permit.forget();
+        if settings.via == Via::Socket && path == "/v1/messages" {
+            let mut frame = body;
+            frame["type"] = "message.send".into();
+            frame["ref"] = format!("{k}:{scheduled_ns}").into();
+            if sockets[sender].outgoing.send(frame.to_string()).is_err() {
+                tracker.error(format!("user {sender}'s socket is closed"));
+                tracker.in_flight.add_permits(1);
             }
-            drop(permit);
-        });
+        } else {
+            let (http, tracker) = (http.clone(), tracker.clone());
+            let token = peers[sender].token.clone();
+            tokio::spawn(async move {
+                let result = http
+                    .request(reqwest::Method::POST, path, token.as_deref(), Some(body))
+                    .await;
+                match result {
+                    Ok(response) if response.status().is_success() => tracker.ack(k, scheduled_ns),
+                    Ok(response) => {
+                        let status = response.status();
+                        let text = response.text().await.unwrap_or_default();
+                        tracker.error(format!(
+                            "{status}: {}",
+                            text.chars().take(200).collect::<String>()
+                        ));
+                    }
+                    Err(e) => tracker.error(e),
+                }
+                tracker.in_flight.add_permits(1);
+            });
+        }
         sent += 1;
         if k % 256 == 0 {
             progress.set_position(k as u64);
@@ -731,8 +814,16 @@ async fn send_all(
             ));
         }
     }
-    // Every send answered before the clock stops.
-    let _ = in_flight.acquire_many(settings.max_in_flight as u32).await;
+    // Every send answered before the clock stops (bounded: a socket that
+    // died leaves its sends unanswered).
+    let all = tracker.max_in_flight as u32;
+    if let Ok(Ok(permits)) =
+        tokio::time::timeout(Duration::from_secs(30), tracker.in_flight.acquire_many(all)).await
+    {
+        drop(permits);
+    } else {
+        tracker.error("some sends were never answered".into());
+    }
     progress.finish_and_clear();
     sent
 }
