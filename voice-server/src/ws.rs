@@ -139,9 +139,21 @@ async fn upgrade(
 }
 
 /// Why a connection is ending, and what the device is told.
+#[derive(Clone, Copy)]
 struct Close {
     code: u16,
     reason: &'static str,
+}
+
+impl Close {
+    const SERVER_ERROR: Close = Close {
+        code: CLOSE_SERVER_ERROR,
+        reason: "server error",
+    };
+    const SHUTTING_DOWN: Close = Close {
+        code: CLOSE_GOING_AWAY,
+        reason: "server shutting down",
+    };
 }
 
 /// Lives as long as one device's connection.
@@ -162,7 +174,7 @@ async fn connection(state: AppState, user: AuthUser, since: Option<u64>, socket:
         Ok(subscription) => subscription,
         Err(error) => {
             tracing::error!(%error, "cannot subscribe a connection to the bus");
-            link.close(CLOSE_SERVER_ERROR, "server error").await;
+            link.close(Close::SERVER_ERROR).await;
             return;
         }
     };
@@ -176,7 +188,7 @@ async fn connection(state: AppState, user: AuthUser, since: Option<u64>, socket:
     state.calls.device_back(device).await;
     let close = serve(&state, user, since, &mut link, subscription).await;
     if let Some(close) = close {
-        link.close(close.code, close.reason).await;
+        link.close(close).await;
     }
     state.calls.device_away(device).await;
     if state.presence.disconnect(user.user_id) {
@@ -237,30 +249,21 @@ impl Link {
     /// Writes `event` into the socket's buffer without flushing it.
     async fn feed(&mut self, event: &ServerEvent) -> Result<(), ()> {
         let message = Message::Text(event.encode().into());
-        match tokio::time::timeout(self.send_timeout, self.socket.feed(message)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
+        within(self.send_timeout, self.socket.feed(message)).await
     }
 
     async fn flush(&mut self) -> Result<(), ()> {
-        match tokio::time::timeout(self.send_timeout, self.socket.flush()).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
+        within(self.send_timeout, self.socket.flush()).await
     }
 
     async fn send_message(&mut self, message: Message) -> Result<(), ()> {
-        match tokio::time::timeout(self.send_timeout, self.socket.send(message)).await {
-            Ok(Ok(())) => Ok(()),
-            _ => Err(()),
-        }
+        within(self.send_timeout, self.socket.send(message)).await
     }
 
-    async fn close(&mut self, code: u16, reason: &'static str) {
+    async fn close(&mut self, close: Close) {
         let frame = CloseFrame {
-            code,
-            reason: reason.into(),
+            code: close.code,
+            reason: close.reason.into(),
         };
         let _ = self.send_message(Message::Close(Some(frame))).await;
     }
@@ -268,6 +271,18 @@ impl Link {
     async fn send_error(&mut self, error: Error, reference: Option<String>) -> Result<(), ()> {
         self.send(&ServerEvent::new(None, Event::Error { error, reference }))
             .await
+    }
+}
+
+/// A socket write that must finish within `limit`; `Err` if it failed or
+/// took longer.
+async fn within<E>(
+    limit: Duration,
+    write: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), ()> {
+    match tokio::time::timeout(limit, write).await {
+        Ok(Ok(())) => Ok(()),
+        _ => Err(()),
     }
 }
 
@@ -280,23 +295,19 @@ async fn serve(
     link: &mut Link,
     mut subscription: Box<dyn voice_core::bus::Subscription>,
 ) -> Option<Close> {
-    let server_error = Close {
-        code: CLOSE_SERVER_ERROR,
-        reason: "server error",
-    };
     // Subscribed before replaying: an event stored during the replay is
     // either replayed or arrives live, and `last_seq` drops the repeat.
     let mut last_seq = match since {
         Some(since) => match replay(state, user.user_id, since, link).await {
             Ok(Some(seq)) => seq,
             Ok(None) => return None,
-            Err(()) => return Some(server_error),
+            Err(()) => return Some(Close::SERVER_ERROR),
         },
         None => match state.store.latest_event_seq(user.user_id).await {
             Ok(seq) => seq,
             Err(error) => {
                 tracing::error!(%error, "reading the latest event seq failed");
-                return Some(server_error);
+                return Some(Close::SERVER_ERROR);
             }
         },
     };
@@ -329,8 +340,7 @@ async fn serve(
                 let mut next = Some(event);
                 let mut taken = 0;
                 while let Some(event) = next.take() {
-                    // Boxed for the same reason (a replay's state).
-                    if let Err(close) = Box::pin(forward(state, user, link, &mut last_seq, event)).await {
+                    if let Err(close) = forward(state, user, link, &mut last_seq, event).await {
                         return close;
                     }
                     taken += 1;
@@ -381,7 +391,7 @@ async fn serve(
                 }
             }
             _ = stopping(&mut shutdown) => {
-                return Some(Close { code: CLOSE_GOING_AWAY, reason: "server shutting down" });
+                return Some(Close::SHUTTING_DOWN);
             }
         }
     }
@@ -409,10 +419,7 @@ async fn forward(
             }));
         }
         Err(SubscriptionEnd::Closed) => {
-            return Err(Some(Close {
-                code: CLOSE_GOING_AWAY,
-                reason: "server shutting down",
-            }));
+            return Err(Some(Close::SHUTTING_DOWN));
         }
     };
     if let Event::SessionEnded { .. } = event.event {
@@ -431,15 +438,13 @@ async fn forward(
             // committed them, so they can arrive out of order. Everything
             // up to `seq` is committed by now: take the gap from the
             // store, in order.
-            match replay(state, user.user_id, *last_seq, link).await {
+            //
+            // Boxed: a replay's state is large and rarely needed, and an
+            // idle connection's future would otherwise carry it.
+            match Box::pin(replay(state, user.user_id, *last_seq, link)).await {
                 Ok(Some(seq)) => *last_seq = seq,
                 Ok(None) => return Err(None),
-                Err(()) => {
-                    return Err(Some(Close {
-                        code: CLOSE_SERVER_ERROR,
-                        reason: "server error",
-                    }));
-                }
+                Err(()) => return Err(Some(Close::SERVER_ERROR)),
             }
             if seq <= *last_seq {
                 return Ok(());

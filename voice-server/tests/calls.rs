@@ -36,9 +36,7 @@ async fn scene(configure: impl FnOnce(&mut Config)) -> Scene {
         configure(config);
     })
     .await;
-    let alice = User::sign_in(&server, "alice").await;
-    let phone = User::sign_in(&server, "bob").await;
-    let laptop = User::sign_in(&server, "bob").await;
+    let [alice, phone, laptop] = User::sign_in_all(&server, ["alice", "bob", "bob"]).await;
     befriend(&alice, &phone).await;
     let mut alice_socket = alice.connect(None).await;
     let mut phone_socket = phone.connect(None).await;
@@ -174,8 +172,7 @@ async fn an_unanswered_call_expires_reaches_devices_that_come_back_and_cannot_be
         config.calls.ring_timeout_secs = 1;
     })
     .await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     befriend(&alice, &bob).await;
     let mut alice_socket = alice.connect(None).await;
     alice_socket.next_of("ready").await;

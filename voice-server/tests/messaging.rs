@@ -25,8 +25,7 @@ fn seq(event: &Value) -> u64 {
 #[tokio::test]
 async fn friend_requests_search_and_the_friends_list() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     let mut bob_socket = bob.connect(None).await;
 
     let (status, found) = alice.get("/v1/users?q=bo").await;
@@ -94,8 +93,7 @@ async fn friend_requests_search_and_the_friends_list() {
 #[tokio::test]
 async fn presence_follows_connections() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     befriend(&alice, &bob).await;
     let mut alice_socket = alice.connect(None).await;
     let bob_socket = bob.connect(None).await;
@@ -119,9 +117,7 @@ async fn presence_follows_connections() {
 #[tokio::test]
 async fn a_direct_message_reaches_every_device_of_both_users() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob_phone = User::sign_in(&server, "bob").await;
-    let bob_laptop = User::sign_in(&server, "bob").await;
+    let [alice, bob_phone, bob_laptop] = User::sign_in_all(&server, ["alice", "bob", "bob"]).await;
     befriend(&alice, &bob_phone).await;
     let mut phone = bob_phone.connect(None).await;
     let mut laptop = bob_laptop.connect(None).await;
@@ -156,8 +152,7 @@ async fn a_direct_message_reaches_every_device_of_both_users() {
 #[tokio::test]
 async fn only_friends_can_message_and_blocks_stop_everything() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     let body = json!({ "to": { "user": bob.id }, "body": "hi" });
     let (status, error) = alice.post("/v1/messages", body.clone()).await;
     assert_eq!(
@@ -194,8 +189,7 @@ async fn only_friends_can_message_and_blocks_stop_everything() {
 #[tokio::test]
 async fn an_idempotent_retry_makes_no_duplicate() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     befriend(&alice, &bob).await;
     let mut bob_socket = bob.connect(None).await;
     let body = json!({ "to": { "user": bob.id }, "body": "once", "client_id": "c-1" });
@@ -228,10 +222,8 @@ async fn an_idempotent_retry_makes_no_duplicate() {
 #[tokio::test]
 async fn messages_sent_over_the_socket_are_acknowledged_after_commit() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let alice_laptop = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
-    let carol = User::sign_in(&server, "carol").await;
+    let [alice, alice_laptop, bob, carol] =
+        User::sign_in_all(&server, ["alice", "alice", "bob", "carol"]).await;
     befriend(&alice, &bob).await;
     let mut alice_socket = alice.connect(None).await;
     let mut laptop = alice_laptop.connect(None).await;
@@ -446,9 +438,8 @@ async fn group_messages_fan_out_and_removed_members_stop_receiving() {
 #[tokio::test]
 async fn group_members_must_be_friends_and_outsiders_see_nothing() {
     let server = server().await;
-    let owner = User::sign_in(&server, "owner").await;
-    let friend = User::sign_in(&server, "friend").await;
-    let stranger = User::sign_in(&server, "stranger").await;
+    let [owner, friend, stranger] =
+        User::sign_in_all(&server, ["owner", "friend", "stranger"]).await;
     befriend(&owner, &friend).await;
     let (status, _) = owner
         .post(
@@ -515,8 +506,7 @@ async fn group_members_must_be_friends_and_outsiders_see_nothing() {
 #[tokio::test]
 async fn deletion_erases_the_body_and_reaches_every_device() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     befriend(&alice, &bob).await;
     let mut bob_socket = bob.connect(None).await;
     let sent = alice.message(&bob, "oops").await;
@@ -547,8 +537,7 @@ async fn deletion_erases_the_body_and_reaches_every_device() {
 #[tokio::test]
 async fn reconnecting_with_since_recovers_exactly_the_missed_events() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     befriend(&alice, &bob).await;
     let mut socket = bob.connect(None).await;
     alice.message(&bob, "before").await;
@@ -586,9 +575,7 @@ async fn reconnecting_with_since_recovers_exactly_the_missed_events() {
 #[tokio::test]
 async fn typing_reaches_the_other_participants_only_and_is_not_stored() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
-    let stranger = User::sign_in(&server, "stranger").await;
+    let [alice, bob, stranger] = User::sign_in_all(&server, ["alice", "bob", "stranger"]).await;
     befriend(&alice, &bob).await;
     let mut alice_socket = alice.connect(None).await;
     let mut bob_socket = bob.connect(None).await;
@@ -615,8 +602,7 @@ async fn bad_frames_and_bodies_get_clear_errors() {
         config.ws.max_inbound_bytes = 1024;
     })
     .await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     befriend(&alice, &bob).await;
     let (status, error) = alice
         .post(
@@ -744,9 +730,7 @@ async fn burst_to_a_lagging_reader(send_timeout: std::time::Duration) -> Ended {
         config.ws.max_write_buffer_bytes = 256 * 1024;
     })
     .await;
-    let alice = User::sign_in(&server, "alice").await;
-    let lagging = User::sign_in(&server, "lagging").await;
-    let fast = User::sign_in(&server, "fast").await;
+    let [alice, lagging, fast] = User::sign_in_all(&server, ["alice", "lagging", "fast"]).await;
     befriend(&alice, &lagging).await;
     befriend(&alice, &fast).await;
     let mut lagging_socket = lagging
@@ -861,8 +845,7 @@ async fn a_stalled_reader_is_dropped_and_resumes_with_since() {
 #[tokio::test]
 async fn history_pages_have_no_gaps_or_duplicates_under_concurrent_sends() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     befriend(&alice, &bob).await;
     let conversation = alice.message(&bob, "first").await["conversation"]
         .as_str()
@@ -941,8 +924,7 @@ async fn sending_too_fast_is_rate_limited() {
         config.limits.messages_burst = 3;
     })
     .await;
-    let alice = User::sign_in(&server, "alice").await;
-    let bob = User::sign_in(&server, "bob").await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
     befriend(&alice, &bob).await;
     for _ in 0..3 {
         alice.message(&bob, "quick").await;
@@ -1008,8 +990,7 @@ async fn a_live_socket_gets_every_event_once_in_order_under_concurrent_senders()
 #[tokio::test]
 async fn signing_out_closes_the_devices_socket() {
     let server = server().await;
-    let alice = User::sign_in(&server, "alice").await;
-    let other_device = User::sign_in(&server, "alice").await;
+    let [alice, other_device] = User::sign_in_all(&server, ["alice", "alice"]).await;
     let mut socket = alice.connect(None).await;
     let mut other = other_device.connect(None).await;
     socket.next_of("ready").await;

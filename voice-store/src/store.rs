@@ -79,10 +79,10 @@ impl SqliteStore {
     /// This blocks on file I/O and migrations: call it at startup, before
     /// serving, or from a blocking task.
     pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteStore> {
-        let mut writer = connect(path, &options, true)?;
+        let mut writer = connect(path, &options, Role::Writer)?;
         schema::migrate(&mut writer)?;
         let readers = (0..options.readers.max(1))
-            .map(|_| connect(path, &options, false))
+            .map(|_| connect(path, &options, Role::Reader))
             .collect::<Result<Vec<_>>>()?;
         let checkpointer = if options.checkpoint_interval.is_zero() {
             None
@@ -94,7 +94,7 @@ impl SqliteStore {
             writer
                 .pragma_update(None, "wal_autocheckpoint", options.max_wal_pages.max(1))
                 .map_err(|e| open_error("hand checkpoints to a background thread", &e))?;
-            Some(connect(path, &options, true)?)
+            Some(connect(path, &options, Role::Checkpointer)?)
         };
 
         // Declared before the channels so that, on an early return, the
@@ -248,11 +248,22 @@ const WRITER_CACHE_KIB: usize = 64 * 1024;
 /// Opens one connection with the pragmas every connection needs. Readers
 /// are `query_only` rather than opened read-only, so that whichever
 /// connection closes last may checkpoint the WAL.
-fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connection> {
+/// What a connection is for; each gets only the settings its job needs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// The one connection that writes; it creates the database.
+    Writer,
+    /// A query-only connection for the reader threads.
+    Reader,
+    /// Copies WAL pages into the database in the background.
+    Checkpointer,
+}
+
+fn connect(path: &Path, options: &SqliteOptions, role: Role) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
-    if writer {
+    if role == Role::Writer {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
     let conn = Connection::open_with_flags(path, flags).map_err(|e| {
@@ -273,29 +284,36 @@ fn connect(path: &Path, options: &SqliteOptions, writer: bool) -> Result<Connect
     // writer re-parsing `last_seq`'s query for every message.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
         .map_err(|e| open_error("enable the query planner stability guarantee", &e))?;
-    if writer {
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(|e| open_error("enable WAL", &e))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(Error::unavailable(format!(
-                "cannot open the database: it refuses WAL journaling (journal_mode is {mode})"
-            )));
+    match role {
+        Role::Writer => {
+            let mode: String = conn
+                .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+                .map_err(|e| open_error("enable WAL", &e))?;
+            if !mode.eq_ignore_ascii_case("wal") {
+                return Err(Error::unavailable(format!(
+                    "cannot open the database: it refuses WAL journaling (journal_mode is {mode})"
+                )));
+            }
+            // A group commit dirties many pages; with SQLite's default 2 MiB
+            // cache they spill to the WAL before the commit (seen in profiles
+            // as pagerStress), costing writes that the commit repeats.
+            conn.pragma_update(None, "cache_size", -(WRITER_CACHE_KIB as i64))
+                .map_err(|e| open_error("set the writer's cache size", &e))?;
+            // Each job runs in a savepoint, whose undo copies (the statement
+            // journal) went to a temporary file; memory does for a batch.
+            conn.pragma_update(None, "temp_store", "MEMORY")
+                .map_err(|e| open_error("keep temporary data in memory", &e))?;
         }
+        Role::Reader => {
+            conn.pragma_update(None, "query_only", true)
+                .map_err(|e| open_error("make a reader query-only", &e))?;
+        }
+        Role::Checkpointer => {}
+    }
+    if role != Role::Reader {
+        // Per connection: it decides when commits and checkpoints sync.
         conn.pragma_update(None, "synchronous", options.synchronous.pragma_value())
             .map_err(|e| open_error("set synchronous", &e))?;
-        // A group commit dirties many pages; with SQLite's default 2 MiB
-        // cache they spill to the WAL before the commit (seen in profiles
-        // as pagerStress), costing writes that the commit repeats.
-        conn.pragma_update(None, "cache_size", -(WRITER_CACHE_KIB as i64))
-            .map_err(|e| open_error("set the writer's cache size", &e))?;
-        // Each job runs in a savepoint, whose undo copies (the statement
-        // journal) went to a temporary file; memory does for a batch.
-        conn.pragma_update(None, "temp_store", "MEMORY")
-            .map_err(|e| open_error("keep temporary data in memory", &e))?;
-    } else {
-        conn.pragma_update(None, "query_only", true)
-            .map_err(|e| open_error("make a reader query-only", &e))?;
     }
     Ok(conn)
 }

@@ -31,6 +31,18 @@ pub struct User {
 
 impl User {
     /// Signs in (a new device each call) with dev sign-in.
+    /// Signs in one device per name, in order (a name given twice is two
+    /// devices of one user).
+    pub async fn sign_in_all<const N: usize>(server: &TestServer, names: [&str; N]) -> [Self; N] {
+        let mut users = Vec::with_capacity(N);
+        for name in names {
+            users.push(User::sign_in(server, name).await);
+        }
+        users
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one user per name"))
+    }
+
     pub async fn sign_in(server: &TestServer, name: &str) -> Self {
         let client = http();
         let tokens: Value = client
