@@ -335,21 +335,12 @@ async fn serve(
     loop {
         tokio::select! {
             event = subscription.next() => {
-                // Whatever else is already queued goes out with this event
-                // in as few socket writes as the write buffer allows.
-                let mut next = Some(event);
-                let mut taken = 0;
-                while let Some(event) = next.take() {
-                    if let Err(close) = forward(state, user, link, &mut last_seq, event).await {
-                        return close;
-                    }
-                    taken += 1;
-                    if taken < COALESCE_EVENTS {
-                        next = subscription.next().now_or_never();
-                    }
-                }
-                if link.flush().await.is_err() {
-                    return None;
+                // Boxed, once per wake-up: the writes' state would
+                // otherwise be part of every idle connection's future
+                // (measured: about 600 bytes per idle connection).
+                let forwarded = forward_queued(state, user, link, &mut last_seq, event, subscription.as_mut());
+                if let Err(close) = Box::pin(forwarded).await {
+                    return close;
                 }
             }
             incoming = link.socket.recv() => {
@@ -400,6 +391,30 @@ async fn serve(
 /// Most live events written to a socket before it is flushed.
 const COALESCE_EVENTS: usize = 64;
 
+/// Writes `first` and whatever else is already queued (up to
+/// [`COALESCE_EVENTS`]), then flushes once: as few socket writes as the
+/// write buffer allows. `Err` ends the connection, with the close to send
+/// if any.
+async fn forward_queued(
+    state: &AppState,
+    user: AuthUser,
+    link: &mut Link,
+    last_seq: &mut u64,
+    first: Result<ServerEvent, SubscriptionEnd>,
+    subscription: &mut dyn voice_core::bus::Subscription,
+) -> Result<(), Option<Close>> {
+    let mut next = Some(first);
+    let mut taken = 0;
+    while let Some(event) = next.take() {
+        forward(state, user, link, last_seq, event).await?;
+        taken += 1;
+        if taken < COALESCE_EVENTS {
+            next = subscription.next().now_or_never();
+        }
+    }
+    link.flush().await.map_err(|()| None)
+}
+
 /// Passes one event from the bus to the device (written, not yet flushed),
 /// in `seq` order and without repeats. `Err` ends the connection, with the
 /// close to send if any.
@@ -438,10 +453,7 @@ async fn forward(
             // committed them, so they can arrive out of order. Everything
             // up to `seq` is committed by now: take the gap from the
             // store, in order.
-            //
-            // Boxed: a replay's state is large and rarely needed, and an
-            // idle connection's future would otherwise carry it.
-            match Box::pin(replay(state, user.user_id, *last_seq, link)).await {
+            match replay(state, user.user_id, *last_seq, link).await {
                 Ok(Some(seq)) => *last_seq = seq,
                 Ok(None) => return Err(None),
                 Err(()) => return Err(Some(Close::SERVER_ERROR)),
