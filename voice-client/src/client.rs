@@ -261,6 +261,12 @@ impl Client {
         &self.inner.base
     }
 
+    /// The bound on one whole request ([`ClientOptions::request_timeout`]);
+    /// also the bound on waiting for a `message.send`'s answer.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.options.request_timeout
+    }
+
     /// The current session, if signed in.
     pub fn session(&self) -> Option<Session> {
         lock(&self.inner.auth)
@@ -700,7 +706,10 @@ impl Client {
     // ---- messages and conversations ----
 
     /// `POST /v1/messages` with a fresh `client_id`, so that the retries
-    /// made after a network failure cannot store the message twice.
+    /// made after a network failure cannot store the message twice. To
+    /// send over the open event WebSocket instead (no request per message,
+    /// several in flight at once), see
+    /// [`Connection::send_message`](crate::Connection::send_message).
     pub async fn send_message(&self, to: Recipient, body: impl Into<String>) -> Result<Message> {
         self.send_message_with(&SendMessageRequest {
             to,
@@ -1008,10 +1017,7 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response> 
     let url = without_query(response.url().as_str());
     let bytes = response.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(body) => Err(ClientError::Api {
-            status: status.as_u16(),
-            error: body.error,
-        }),
+        Ok(body) => Err(refusal(status.as_u16(), body.error)),
         Err(_) => {
             let text = String::from_utf8_lossy(&bytes);
             let snippet: String = text.chars().take(200).collect();
@@ -1020,6 +1026,15 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response> 
             )))
         }
     }
+}
+
+/// A server refusal (`{"error":{"code","message"}}`) as a [`ClientError`]:
+/// the one mapping for answers over HTTP (with the response's status) and
+/// over the WebSocket (with the status of the error's code,
+/// [`ErrorCode::http_status`](voice_core::ErrorCode::http_status)), so
+/// both paths fail alike.
+pub(crate) fn refusal(status: u16, error: voice_core::error::Error) -> ClientError {
+    ClientError::Api { status, error }
 }
 
 /// The URL without its query, for messages: queries may hold tickets.

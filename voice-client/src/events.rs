@@ -20,6 +20,12 @@
 //!
 //! [`WsSignaling`] carries WebRTC signaling (`call.signal`) over the same
 //! socket for [`crate::media`].
+//!
+//! [`Connection::send_message`] sends chat messages over the socket
+//! (`message.send`), several at once, each answered by `message.sent` or
+//! an `error` carrying its `ref`; when the socket is down or drops before
+//! the answer, it falls back to `POST /v1/messages` with the same
+//! `client_id`, so a message is never stored twice.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -36,11 +42,14 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use voice_core::error::Error as ApiError;
 use voice_core::ids::CallId;
-use voice_core::model::Conversation;
-use voice_core::wire::{Event, PROTOCOL_VERSION, RawJson, ServerEvent};
+use voice_core::model::{Conversation, Message};
+use voice_core::wire::{
+    Event, PROTOCOL_VERSION, RawJson, Recipient, SendMessageRequest, ServerEvent,
+};
 
-use crate::client::{Client, error_chain, lock};
+use crate::client::{Client, error_chain, lock, refusal};
 use crate::error::{ClientError, Result};
 use crate::signaling::{Signal, SignalingTransport};
 
@@ -55,6 +64,16 @@ pub const MAX_BUFFERED_SIGNALS_PER_CALL: usize = 64;
 /// Calls whose signals are kept without a subscriber; beyond, the oldest
 /// call's are dropped.
 pub const MAX_BUFFERED_SIGNAL_CALLS: usize = 32;
+
+/// `message.send`s waiting for their answer on one connection; beyond,
+/// [`Connection::send_message_with`] sends over HTTP instead.
+pub const MAX_SENDS_IN_FLIGHT: usize = 1024;
+/// The largest `message.send` frame sent over the socket: the server's
+/// default `ws.max_inbound_bytes`. A larger frame would make the server
+/// close the socket (1009) under every send in flight, so such a message
+/// goes over HTTP, which answers it as the server sees fit (413 when the
+/// body is over `limits.max_message_bytes`).
+pub const MAX_SOCKET_SEND_BYTES: usize = 64 * 1024;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -156,10 +175,130 @@ enum Control {
 pub(crate) struct Shared {
     events: broadcast::Sender<ClientEvent>,
     control: mpsc::UnboundedSender<Control>,
-    outgoing: mpsc::Sender<String>,
+    outgoing: mpsc::Sender<Outbound>,
     state: watch::Receiver<ConnectionState>,
     cursor: Arc<StdMutex<Option<u64>>>,
     router: Arc<StdMutex<SignalRouter>>,
+    sends: Arc<StdMutex<Sends>>,
+    /// For the HTTP fallback of [`Connection::send_message_with`]. The
+    /// client only holds a weak reference back, so this is no cycle.
+    client: Client,
+}
+
+/// A frame for the socket. A `message.send` names its `ref`, so the task
+/// can skip it when nobody waits for its answer any more.
+struct Outbound {
+    text: String,
+    send_ref: Option<String>,
+}
+
+impl Outbound {
+    fn plain(text: String) -> Self {
+        Self {
+            text,
+            send_ref: None,
+        }
+    }
+}
+
+/// The `message.send`s waiting for their answer, by `ref`: the handles add
+/// and remove them, the task answers them. At most
+/// [`MAX_SENDS_IN_FLIGHT`]; an entry leaves when its answer comes, when
+/// its caller stops waiting (see [`PendingSend`]), or when its socket ends.
+#[derive(Default)]
+struct Sends {
+    /// A socket is up and past `ready`: only then are sends taken. The
+    /// task clears it and fails every entry under one lock when the
+    /// socket ends, so no entry outlives its socket unanswered.
+    open: bool,
+    waiting: HashMap<String, Waiter>,
+}
+
+struct Waiter {
+    answer: oneshot::Sender<SendAnswer>,
+    /// The task took the frame off the queue to write it: from then on
+    /// the server may have it.
+    written: bool,
+}
+
+enum SendAnswer {
+    Sent(Message),
+    Refused(ApiError),
+    /// The socket ended before the answer.
+    Dropped {
+        written: bool,
+    },
+}
+
+impl Sends {
+    /// Notes that the frame for `reference` is about to be written; false
+    /// when nobody waits for it any more, and then it must not be.
+    fn start_writing(&mut self, reference: &str) -> bool {
+        match self.waiting.get_mut(reference) {
+            Some(waiter) => {
+                waiter.written = true;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands `answer` to whoever waits for `reference`; false if nobody
+    /// does.
+    fn answer(&mut self, reference: &str, answer: impl FnOnce() -> SendAnswer) -> bool {
+        match self.waiting.remove(reference) {
+            Some(waiter) => {
+                let _ = waiter.answer.send(answer());
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The socket ended: every send still waiting is answered with that.
+    fn socket_ended(&mut self) {
+        self.open = false;
+        for (_, waiter) in self.waiting.drain() {
+            let _ = waiter.answer.send(SendAnswer::Dropped {
+                written: waiter.written,
+            });
+        }
+    }
+}
+
+/// A registered send; dropping it (the caller's future dropped, or done)
+/// removes the entry if it is still there.
+struct PendingSend<'a> {
+    sends: &'a StdMutex<Sends>,
+    reference: String,
+}
+
+impl PendingSend<'_> {
+    /// Stops waiting; `Some(written)` if the entry was still there (no
+    /// answer came), and its frame will not be written from now on.
+    fn withdraw(&self) -> Option<bool> {
+        lock(self.sends)
+            .waiting
+            .remove(&self.reference)
+            .map(|waiter| waiter.written)
+    }
+}
+
+impl Drop for PendingSend<'_> {
+    fn drop(&mut self) {
+        self.withdraw();
+    }
+}
+
+/// How a send over the socket went.
+enum SocketSend {
+    /// Answered: the message, or the server's refusal.
+    Answered(Result<Message>),
+    /// Nothing reached the server: HTTP may send it, with or without a
+    /// `client_id`.
+    NotSent,
+    /// The frame may have reached the server, but no answer came.
+    Unknown(String),
 }
 
 /// A handle on a client's event connection. Clones share it; it runs
@@ -274,6 +413,7 @@ fn start(client: Client, config: EventsConfig) -> (Arc<Shared>, broadcast::Recei
     let (state_tx, state_rx) = watch::channel(ConnectionState::Connecting);
     let cursor = client.inner.event_cursor.clone();
     let router = Arc::new(StdMutex::new(SignalRouter::default()));
+    let sends = Arc::new(StdMutex::new(Sends::default()));
     let shared = Arc::new(Shared {
         events: events.clone(),
         control: control_tx,
@@ -281,6 +421,8 @@ fn start(client: Client, config: EventsConfig) -> (Arc<Shared>, broadcast::Recei
         state: state_rx,
         cursor: cursor.clone(),
         router: router.clone(),
+        sends: sends.clone(),
+        client: client.clone(),
     });
     let task = Task {
         client,
@@ -291,6 +433,7 @@ fn start(client: Client, config: EventsConfig) -> (Arc<Shared>, broadcast::Recei
         state: state_tx,
         cursor,
         router,
+        sends,
     };
     tokio::spawn(task.run());
     (shared, receiver)
@@ -361,12 +504,12 @@ impl Connection {
     /// Sends `typing` for `conversation`. The server relays it to the
     /// other participants; send at most one every few seconds.
     pub async fn send_typing(&self, conversation: Conversation) -> Result<()> {
-        self.send_message(&Outgoing::Typing { conversation })
+        self.send_outgoing(&Outgoing::Typing { conversation })
     }
 
     /// Sends one `call.signal` to the other device in `call`.
     pub async fn send_signal(&self, call: CallId, signal: &Signal) -> Result<()> {
-        self.send_message(&Outgoing::CallSignal {
+        self.send_outgoing(&Outgoing::CallSignal {
             call_id: call,
             payload: signal,
         })
@@ -379,6 +522,151 @@ impl Connection {
         self.enqueue(text)
     }
 
+    /// Sends a message over this connection with a fresh `client_id` and
+    /// returns it as stored: the socket counterpart of
+    /// [`Client::send_message`], with the same checks and errors but no
+    /// HTTP request per message. See [`Connection::send_message_with`]
+    /// for pipelining and for what happens when the socket is down.
+    pub async fn send_message(&self, to: Recipient, body: impl Into<String>) -> Result<Message> {
+        self.send_message_with(&SendMessageRequest {
+            to,
+            body: body.into(),
+            client_id: Some(uuid::Uuid::now_v7().to_string()),
+        })
+        .await
+    }
+
+    /// Sends `request` as a `message.send` with a fresh `ref`, and returns
+    /// the stored message once its `message.sent` comes (the server sends
+    /// it after the commit). The socket counterpart of
+    /// [`Client::send_message_with`].
+    ///
+    /// - **Pipelined.** Any number of calls may wait at once (up to
+    ///   [`MAX_SENDS_IN_FLIGHT`]): each frame carries its own `ref`, and
+    ///   each answer goes to the call with that `ref`. The server handles
+    ///   one device's sends in the order they arrive.
+    /// - **Refusals** (an `error` with this send's `ref`) become the same
+    ///   [`ClientError::Api`] that `POST /v1/messages` gives for that
+    ///   code, with the code's HTTP status.
+    /// - **Not over the socket.** While the socket is not up and past its
+    ///   replay (connecting, reconnecting, closed, session over), when its
+    ///   queue or the in-flight table is full, or when the frame would be
+    ///   over [`MAX_SOCKET_SEND_BYTES`], the request goes over HTTP
+    ///   ([`Client::send_message_with`]). Nothing reached the server over
+    ///   the socket then, so this is safe with or without a `client_id`.
+    /// - **Dropped before the answer.** When the socket ends after the
+    ///   frame may have reached the server (or no answer comes within
+    ///   [`ClientOptions::request_timeout`](crate::ClientOptions::request_timeout)):
+    ///   with a `client_id`, the request goes again over HTTP with the
+    ///   same `client_id`, and the server's idempotency returns the
+    ///   message if the first attempt stored it, instead of a second
+    ///   copy. Without one, nothing is retried: the call fails with
+    ///   [`ClientError::Unreachable`] and the outcome is unknown, as for
+    ///   an HTTP send without `client_id` that failed in transit.
+    /// - **Not events.** A `message.sent` or `error` that answers a call of
+    ///   this method goes to that call only, not to the [`EventStream`]s:
+    ///   it answers a request, and every stream still gets the stored
+    ///   `message.created`. Answers nobody waits for any more (a caller
+    ///   that was dropped, or the refs of the app's own
+    ///   [`Connection::send_raw`]) reach the streams as
+    ///   [`ClientEvent::Server`], as any event does.
+    ///
+    /// Dropping the future withdraws the send: a frame not written yet is
+    /// not written at all.
+    pub async fn send_message_with(&self, request: &SendMessageRequest) -> Result<Message> {
+        let client = &self.shared.client;
+        match self.send_over_socket(request).await {
+            SocketSend::Answered(result) => result,
+            SocketSend::NotSent => client.send_message_with(request).await,
+            SocketSend::Unknown(reason) if request.client_id.is_some() => {
+                tracing::debug!(%reason, "no answer over the socket; sending again over HTTP with the same client_id");
+                client.send_message_with(request).await
+            }
+            SocketSend::Unknown(reason) => Err(ClientError::Unreachable {
+                url: format!("{}/v1/ws", client.server_url()),
+                reason: format!(
+                    "{reason}; the message may or may not have been stored \
+                     (send with a client_id to retry safely)"
+                ),
+            }),
+        }
+    }
+
+    /// One attempt over the socket: registers a fresh `ref`, queues the
+    /// frame and waits for its answer.
+    async fn send_over_socket(&self, request: &SendMessageRequest) -> SocketSend {
+        let reference = uuid::Uuid::now_v7().to_string();
+        let text = match serde_json::to_string(&Outgoing::SendMessage {
+            reference: &reference,
+            to: request.to,
+            body: &request.body,
+            client_id: request.client_id.as_deref(),
+        }) {
+            Ok(text) if text.len() <= MAX_SOCKET_SEND_BYTES => text,
+            _ => return SocketSend::NotSent,
+        };
+        let (answer, mut answered) = oneshot::channel();
+        {
+            let mut sends = lock(&self.shared.sends);
+            if !sends.open || sends.waiting.len() >= MAX_SENDS_IN_FLIGHT {
+                return SocketSend::NotSent;
+            }
+            sends.waiting.insert(
+                reference.clone(),
+                Waiter {
+                    answer,
+                    written: false,
+                },
+            );
+        }
+        let pending = PendingSend {
+            sends: &self.shared.sends,
+            reference: reference.clone(),
+        };
+        if self
+            .shared
+            .outgoing
+            .try_send(Outbound {
+                text,
+                send_ref: Some(reference),
+            })
+            .is_err()
+        {
+            // Not queued: `pending` goes, and with it the entry.
+            return SocketSend::NotSent;
+        }
+        let timeout = self.shared.client.request_timeout();
+        let answer = match tokio::time::timeout(timeout, &mut answered).await {
+            Ok(answer) => answer.ok(),
+            Err(_) => match pending.withdraw() {
+                Some(false) => return SocketSend::NotSent,
+                Some(true) => {
+                    return SocketSend::Unknown(format!(
+                        "no answer over the event connection within {} s",
+                        timeout.as_secs()
+                    ));
+                }
+                // Answered just as the wait ran out.
+                None => answered.try_recv().ok(),
+            },
+        };
+        match answer {
+            Some(SendAnswer::Sent(message)) => SocketSend::Answered(Ok(message)),
+            Some(SendAnswer::Refused(error)) => {
+                SocketSend::Answered(Err(refusal(error.code.http_status(), error)))
+            }
+            Some(SendAnswer::Dropped { written: false }) => SocketSend::NotSent,
+            Some(SendAnswer::Dropped { written: true }) => SocketSend::Unknown(
+                "the event connection dropped before the server answered".into(),
+            ),
+            // The task went without answering (it cannot, while this handle
+            // keeps it alive, short of a panic); the frame may be out.
+            None => SocketSend::Unknown(
+                "the event connection stopped before the server answered".into(),
+            ),
+        }
+    }
+
     /// Signaling for calls over this connection.
     pub fn signaling(&self) -> WsSignaling {
         WsSignaling {
@@ -386,7 +674,7 @@ impl Connection {
         }
     }
 
-    fn send_message(&self, message: &Outgoing<'_>) -> Result<()> {
+    fn send_outgoing(&self, message: &Outgoing<'_>) -> Result<()> {
         let text = serde_json::to_string(message)
             .map_err(|e| ClientError::Protocol(format!("cannot encode the message: {e}")))?;
         self.enqueue(text)
@@ -404,7 +692,7 @@ impl Connection {
         }
         self.shared
             .outgoing
-            .try_send(text)
+            .try_send(Outbound::plain(text))
             .map_err(|error| match error {
                 mpsc::error::TrySendError::Full(_) => ClientError::SignalingClosed(
                     "too many messages waiting for the event connection".into(),
@@ -476,6 +764,15 @@ enum Outgoing<'a> {
         call_id: CallId,
         payload: &'a Signal,
     },
+    #[serde(rename = "message.send")]
+    SendMessage {
+        #[serde(rename = "ref")]
+        reference: &'a str,
+        to: Recipient,
+        body: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        client_id: Option<&'a str>,
+    },
 }
 
 /// How one connection attempt or socket ended.
@@ -503,10 +800,11 @@ struct Task {
     config: EventsConfig,
     events: broadcast::Sender<ClientEvent>,
     control: mpsc::UnboundedReceiver<Control>,
-    outgoing: mpsc::Receiver<String>,
+    outgoing: mpsc::Receiver<Outbound>,
     state: watch::Sender<ConnectionState>,
     cursor: Arc<StdMutex<Option<u64>>>,
     router: Arc<StdMutex<SignalRouter>>,
+    sends: Arc<StdMutex<Sends>>,
 }
 
 impl Task {
@@ -543,7 +841,12 @@ impl Task {
                 },
             };
             let end = match opened {
-                Ok(socket) => self.serve(socket).await,
+                Ok(socket) => {
+                    let end = self.serve(socket).await;
+                    // Whatever was not answered on it never will be.
+                    lock(&self.sends).socket_ended();
+                    end
+                }
                 Err(Opening::SessionEnded(reason)) => {
                     self.end_session(reason);
                     End::Stop
@@ -611,8 +914,13 @@ impl Task {
                         close_politely(&mut sink).await;
                         return End::Stop;
                     }
-                    Some(text) => {
-                        if let Err(error) = sink.send(WsMessage::Text(text.into())).await {
+                    Some(Outbound { text, send_ref }) => {
+                        // A send nobody waits for any more is not written:
+                        // its caller was told it did not go out.
+                        let wanted = send_ref
+                            .as_deref()
+                            .is_none_or(|reference| lock(&self.sends).start_writing(reference));
+                        if wanted && let Err(error) = sink.send(WsMessage::Text(text.into())).await {
                             return End::Retry { reason: format!("sending failed: {error}"), at_once: false, was_ready };
                         }
                     }
@@ -679,6 +987,7 @@ impl Task {
         match &event.event {
             Event::Ready { latest_seq } => {
                 *lock(&self.cursor) = Some(*latest_seq);
+                lock(&self.sends).open = true;
                 self.state.send_replace(ConnectionState::Connected);
                 self.emit(ClientEvent::Connected {
                     latest_seq: *latest_seq,
@@ -702,6 +1011,27 @@ impl Task {
             } => {
                 lock(&self.router).deliver(*call_id, payload);
                 self.emit(ClientEvent::Server(event));
+                Handled::Continue
+            }
+            // Answers to `Connection::send_message_with` go to their caller
+            // only; see there.
+            Event::MessageSent { reference, message } => {
+                let answered =
+                    lock(&self.sends).answer(reference, || SendAnswer::Sent(message.clone()));
+                if !answered {
+                    self.emit(ClientEvent::Server(event));
+                }
+                Handled::Continue
+            }
+            Event::Error {
+                error,
+                reference: Some(reference),
+            } => {
+                let answered =
+                    lock(&self.sends).answer(reference, || SendAnswer::Refused(error.clone()));
+                if !answered {
+                    self.emit(ClientEvent::Server(event));
+                }
                 Handled::Continue
             }
             _ => {
@@ -1122,6 +1452,94 @@ mod tests {
             voice_core::wire::ClientMessage::decode(&typing).unwrap(),
             voice_core::wire::ClientMessage::Typing { conversation }
         );
+    }
+
+    #[test]
+    fn message_sends_have_the_protocol_shape() {
+        let user = voice_core::ids::UserId::new();
+        for client_id in [Some("c-1"), None] {
+            let text = serde_json::to_string(&Outgoing::SendMessage {
+                reference: "r1",
+                to: Recipient::User(user),
+                body: "hi \"there\"",
+                client_id,
+            })
+            .unwrap();
+            assert_eq!(
+                voice_core::wire::ClientMessage::decode(&text).unwrap(),
+                voice_core::wire::ClientMessage::SendMessage {
+                    reference: "r1".into(),
+                    request: SendMessageRequest {
+                        to: Recipient::User(user),
+                        body: "hi \"there\"".into(),
+                        client_id: client_id.map(String::from),
+                    },
+                },
+                "{text}"
+            );
+        }
+    }
+
+    fn waiter(sends: &mut Sends, reference: &str) -> oneshot::Receiver<SendAnswer> {
+        let (answer, answered) = oneshot::channel();
+        sends.waiting.insert(
+            reference.into(),
+            Waiter {
+                answer,
+                written: false,
+            },
+        );
+        answered
+    }
+
+    #[test]
+    fn sends_are_answered_once_and_failed_with_their_socket() {
+        let mut sends = Sends {
+            open: true,
+            ..Sends::default()
+        };
+        let mut refused = waiter(&mut sends, "a");
+        let mut written = waiter(&mut sends, "b");
+        let mut queued = waiter(&mut sends, "c");
+        assert!(sends.answer("a", || SendAnswer::Refused(ApiError::forbidden("no"))));
+        assert!(matches!(refused.try_recv(), Ok(SendAnswer::Refused(e)) if e.message == "no"));
+        assert!(
+            !sends.answer("a", || SendAnswer::Refused(ApiError::forbidden("again"))),
+            "a second answer for a ref finds nobody"
+        );
+        assert!(!sends.answer("unknown", || unreachable!("not built for nobody")));
+        assert!(sends.start_writing("b"));
+        assert!(!sends.start_writing("a"), "answered sends are not written");
+
+        sends.socket_ended();
+        assert!(!sends.open);
+        assert!(sends.waiting.is_empty());
+        assert!(matches!(
+            written.try_recv(),
+            Ok(SendAnswer::Dropped { written: true })
+        ));
+        assert!(matches!(
+            queued.try_recv(),
+            Ok(SendAnswer::Dropped { written: false })
+        ));
+        assert!(
+            !sends.start_writing("c"),
+            "a frame still queued when its socket ended is never written"
+        );
+    }
+
+    #[test]
+    fn a_withdrawn_send_leaves_the_table() {
+        let sends = StdMutex::new(Sends::default());
+        let _answered = waiter(&mut lock(&sends), "a");
+        let pending = PendingSend {
+            sends: &sends,
+            reference: "a".into(),
+        };
+        assert!(lock(&sends).start_writing("a"));
+        drop(pending);
+        assert!(lock(&sends).waiting.is_empty());
+        assert!(!lock(&sends).start_writing("a"));
     }
 
     /// wss:// goes through rustls: a TLS failure must be an error, not the

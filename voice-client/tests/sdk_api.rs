@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use voice_client::client::{SavedSession, Session};
-use voice_client::events::{ClientEvent, ConnectionState, EventStream, EventsConfig};
+use voice_client::events::{ClientEvent, Connection, ConnectionState, EventStream, EventsConfig};
 use voice_client::login::{BrowserLogin, OpenUrl};
 use voice_client::signaling::{
     IceCandidate, SdpKind, SessionDescription, Signal, SignalingTransport,
@@ -910,4 +910,453 @@ async fn a_browser_that_never_comes_back_times_out() {
         Err(ClientError::SignIn(_))
     ));
     assert!(!client.is_signed_in());
+}
+
+// ---- messages over the event WebSocket (`Connection::send_message`) ----
+
+async fn up(connection: &Connection) {
+    tokio::time::timeout(WAIT, connection.wait_connected())
+        .await
+        .expect("connected in time")
+        .expect("connected");
+}
+
+/// The `message.created` events `stream` yields up to and including the
+/// one for `marker`, which was sent after everything the test looks for:
+/// a device gets its stored events in `seq` order, so anything sent
+/// earlier (or an answer frame written earlier) comes before it.
+async fn until_marker(stream: &mut EventStream, marker: &str) -> Vec<ClientEvent> {
+    let mut seen = Vec::new();
+    wait_for(stream, |event| {
+        seen.push(event.clone());
+        created(event)
+            .filter(|message| message.body.as_deref() == Some(marker))
+            .map(drop)
+    })
+    .await;
+    seen
+}
+
+fn created_ids(events: &[ClientEvent]) -> Vec<voice_core::ids::MessageId> {
+    events
+        .iter()
+        .filter_map(created)
+        .map(|message| message.id)
+        .collect()
+}
+
+/// A refusal as (status, code, message), to compare the two paths.
+fn refusal(result: Result<Message, ClientError>) -> (u16, ErrorCode, String) {
+    match result {
+        Err(ClientError::Api { status, error }) => (status, error.code, error.message),
+        other => panic!("expected a server refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn socket_sends_are_pipelined_and_each_caller_gets_its_own_answer() {
+    let server = TestServer::start(|_| {}).await;
+    let alice = signed_in(&server, "alice").await;
+    let bob = signed_in(&server, "bob").await;
+    befriend(&alice, &bob).await;
+    let connection = alice.connection().await.unwrap();
+    let mut alice_events = connection.subscribe();
+    let mut bob_events = bob.events().await.unwrap();
+    up(&connection).await;
+    up(bob_events.connection()).await;
+
+    // Without a session the HTTP path fails (NotSignedIn) while the open
+    // socket stays up: every send below can only succeed over the socket.
+    let alice_id = id(&alice);
+    alice.forget_session();
+    let to_bob = Recipient::User(id(&bob));
+    let bodies: Vec<String> = (0..20).map(|n| format!("pipelined {n}")).collect();
+    let sent = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| connection.send_message(to_bob, body.clone())),
+    )
+    .await;
+    let sent: Vec<Message> = sent
+        .into_iter()
+        .map(|result| result.expect("sent over the socket"))
+        .collect();
+    for (message, body) in sent.iter().zip(&bodies) {
+        assert_eq!(message.body.as_deref(), Some(body.as_str()));
+        assert_eq!(message.sender, alice_id);
+        assert!(message.client_id.is_some(), "sends are idempotent");
+    }
+    let mut ids: Vec<_> = sent.iter().map(|message| message.id).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 20, "every call got its own message");
+    // The server handles one device's sends in order.
+    let seqs: Vec<u64> = sent.iter().map(|message| message.seq).collect();
+    assert_eq!(seqs, (1..=20).collect::<Vec<u64>>());
+
+    // Bob's device gets each exactly once; the marker comes after them all.
+    bob.send_message(Recipient::User(alice_id), "marker")
+        .await
+        .unwrap();
+    let mut at_bob = created_ids(&until_marker(&mut bob_events, "marker").await);
+    at_bob.pop();
+    at_bob.sort();
+    assert_eq!(at_bob, ids);
+
+    // Alice's stream got the stored events, but the answers went to their
+    // callers only.
+    let at_alice = until_marker(&mut alice_events, "marker").await;
+    let mut stored = created_ids(&at_alice);
+    stored.pop();
+    stored.sort();
+    assert_eq!(stored, ids);
+    assert!(
+        !at_alice.iter().any(|event| matches!(
+            server_event(event),
+            Some(Event::MessageSent { .. } | Event::Error { .. })
+        )),
+        "answers are not stream events: {at_alice:?}"
+    );
+
+    let history = bob
+        .history(sent[0].conversation, None, Some(100))
+        .await
+        .unwrap();
+    let mut stored: Vec<_> = history
+        .messages
+        .iter()
+        .filter(|message| message.sender == alice_id)
+        .map(|message| message.id)
+        .collect();
+    stored.sort();
+    assert_eq!(stored, ids);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn socket_refusals_are_the_errors_http_gives() {
+    let server = TestServer::start(|_| {}).await;
+    let alice = signed_in(&server, "alice").await;
+    let bob = signed_in(&server, "bob").await;
+    let carol = signed_in(&server, "carol").await;
+    befriend(&alice, &bob).await;
+    let connection = alice.connection().await.unwrap();
+    let mut alice_events = connection.subscribe();
+    up(&connection).await;
+
+    let requests = [
+        // Not a friend: 403.
+        SendMessageRequest {
+            to: Recipient::User(id(&carol)),
+            body: "hello stranger".into(),
+            client_id: Some("stranger-1".into()),
+        },
+        // Over limits.max_message_bytes (16 KiB), but the frame is within
+        // the socket's limit: refused by the shared send path, 413.
+        SendMessageRequest {
+            to: Recipient::User(id(&bob)),
+            body: "x".repeat(20_000),
+            client_id: None,
+        },
+        // A frame over the socket's 64 KiB would close the socket: it goes
+        // over HTTP, refused there.
+        SendMessageRequest {
+            to: Recipient::User(id(&bob)),
+            body: "x".repeat(70_000),
+            client_id: Some("huge-1".into()),
+        },
+    ];
+    let mut over_socket = Vec::new();
+    for request in &requests {
+        let socket = refusal(connection.send_message_with(request).await);
+        let http = refusal(alice.send_message_with(request).await);
+        assert_eq!(socket, http, "{:?}", request.to);
+        over_socket.push((socket.0, socket.1));
+    }
+    assert_eq!(
+        over_socket,
+        vec![
+            (403, ErrorCode::Forbidden),
+            (413, ErrorCode::PayloadTooLarge),
+            (413, ErrorCode::PayloadTooLarge),
+        ]
+    );
+
+    // The socket stayed up through all of it, and the refusals answered
+    // their callers without showing up as stream events.
+    connection
+        .send_message(Recipient::User(id(&bob)), "marker")
+        .await
+        .unwrap();
+    let seen = until_marker(&mut alice_events, "marker").await;
+    assert!(
+        !seen.iter().any(|event| matches!(
+            event,
+            ClientEvent::Reconnecting { .. }
+                | ClientEvent::Server(ServerEvent {
+                    event: Event::Error { .. } | Event::MessageSent { .. },
+                    ..
+                })
+        )),
+        "{seen:?}"
+    );
+    assert_eq!(connection.state(), ConnectionState::Connected);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sends_while_the_socket_is_down_go_over_http_once() {
+    let server = TestServer::start(|_| {}).await;
+    let alice = signed_in(&server, "alice").await;
+    let bob = signed_in(&server, "bob").await;
+    befriend(&alice, &bob).await;
+    let mut bob_events = bob.events().await.unwrap();
+    up(bob_events.connection()).await;
+    let to_bob = Recipient::User(id(&bob));
+
+    // Before the first connect is through (nothing has run yet on this
+    // single-threaded runtime), then after close().
+    let connection = alice.connection().await.unwrap();
+    assert_eq!(connection.state(), ConnectionState::Connecting);
+    let early = connection.send_message(to_bob, "before").await.unwrap();
+    up(&connection).await;
+    connection.close().await;
+    assert_eq!(connection.state(), ConnectionState::Closed);
+    let late = connection
+        .send_message(to_bob, "after close")
+        .await
+        .unwrap();
+    assert_ne!(early.id, late.id);
+    assert_eq!(late.body.as_deref(), Some("after close"));
+    assert!(late.client_id.is_some());
+
+    bob.send_message(Recipient::User(id(&alice)), "marker")
+        .await
+        .unwrap();
+    let received = created_ids(&until_marker(&mut bob_events, "marker").await);
+    assert_eq!(received.len(), 3, "{received:?}");
+    assert_eq!(&received[..2], &[early.id, late.id]);
+    let history = bob.history(late.conversation, None, None).await.unwrap();
+    assert_eq!(history.messages.len(), 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn one_client_id_over_the_socket_and_over_http_is_one_message() {
+    let server = TestServer::start(|_| {}).await;
+    let alice = signed_in(&server, "alice").await;
+    let bob = signed_in(&server, "bob").await;
+    befriend(&alice, &bob).await;
+    let connection = alice.connection().await.unwrap();
+    up(&connection).await;
+    let request = |client_id: &str, body: &str| SendMessageRequest {
+        to: Recipient::User(id(&bob)),
+        body: body.into(),
+        client_id: Some(client_id.into()),
+    };
+
+    let over_socket = connection
+        .send_message_with(&request("dup-1", "first"))
+        .await
+        .unwrap();
+    let over_http = alice
+        .send_message_with(&request("dup-1", "retried"))
+        .await
+        .unwrap();
+    assert_eq!(over_http, over_socket);
+    assert_eq!(over_http.body.as_deref(), Some("first"));
+
+    // And the other way round.
+    let over_http = alice
+        .send_message_with(&request("dup-2", "second"))
+        .await
+        .unwrap();
+    let over_socket = connection
+        .send_message_with(&request("dup-2", "retried"))
+        .await
+        .unwrap();
+    assert_eq!(over_socket, over_http);
+
+    let history = alice
+        .history(over_http.conversation, None, None)
+        .await
+        .unwrap();
+    let bodies: Vec<_> = history
+        .messages
+        .iter()
+        .map(|message| message.body.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, vec!["second", "first"]);
+    server.stop().await;
+}
+
+/// A TCP proxy in front of the server that can hold back what the server
+/// sends and cut every connection: "the server got the frame, its answer
+/// never arrived", on demand.
+struct Proxy {
+    addr: SocketAddr,
+    hold: tokio::sync::watch::Sender<bool>,
+    connections: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (hold, _) = tokio::sync::watch::channel(false);
+        let connections = Arc::new(Mutex::new(Vec::new()));
+        let accept = tokio::spawn({
+            let hold = hold.clone();
+            let connections = connections.clone();
+            async move {
+                while let Ok((client, _)) = listener.accept().await {
+                    let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                        continue;
+                    };
+                    let task = tokio::spawn(relay(client, server, hold.subscribe()));
+                    connections.lock().unwrap().push(task.abort_handle());
+                }
+            }
+        });
+        Self {
+            addr,
+            hold,
+            connections,
+            accept,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// While held, bytes from the server wait in the proxy.
+    fn hold(&self, held: bool) {
+        self.hold.send_replace(held);
+    }
+
+    /// Drops every connection, with whatever was held back.
+    fn cut(&self) {
+        for connection in self.connections.lock().unwrap().drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.cut();
+    }
+}
+
+async fn relay(
+    client: tokio::net::TcpStream,
+    server: tokio::net::TcpStream,
+    mut hold: tokio::sync::watch::Receiver<bool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let up = tokio::io::copy(&mut client_read, &mut server_write);
+    let down = async {
+        let mut buffer = vec![0u8; 16 * 1024];
+        loop {
+            let n = match server_read.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            if hold.wait_for(|held| !*held).await.is_err()
+                || client_write.write_all(&buffer[..n]).await.is_err()
+            {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+#[tokio::test]
+async fn a_socket_lost_before_the_answer_falls_back_with_the_same_client_id() {
+    let server = TestServer::start(|_| {}).await;
+    let proxy = Proxy::start(server.addr).await;
+    // Alice reaches the server only through the proxy, bob directly.
+    let alice = Client::new(&proxy.url()).unwrap();
+    alice.dev_login("alice").await.unwrap();
+    let bob = signed_in(&server, "bob").await;
+    befriend(&alice, &bob).await;
+    let connection = alice
+        .connect_events(EventsConfig {
+            backoff_min: Duration::from_millis(20),
+            backoff_max: Duration::from_millis(200),
+            ..EventsConfig::default()
+        })
+        .await
+        .unwrap();
+    let mut bob_events = bob.events().await.unwrap();
+    up(&connection).await;
+    up(bob_events.connection()).await;
+    let to_bob = Recipient::User(id(&bob));
+
+    // Stored, answered, but the answer is held back and the socket cut.
+    proxy.hold(true);
+    let send = tokio::spawn({
+        let connection = connection.clone();
+        async move { connection.send_message(to_bob, "in the gap").await }
+    });
+    let stored = wait_for(&mut bob_events, created).await;
+    assert_eq!(stored.body.as_deref(), Some("in the gap"));
+    proxy.cut();
+    proxy.hold(false);
+    let sent = tokio::time::timeout(WAIT, send)
+        .await
+        .expect("answered in time")
+        .unwrap()
+        .expect("sent again over HTTP");
+    assert_eq!(sent, stored, "the retry returned the stored message");
+
+    // Without a client_id nothing is retried: the outcome is unknown.
+    up(&connection).await;
+    proxy.hold(true);
+    let send = tokio::spawn({
+        let connection = connection.clone();
+        async move {
+            connection
+                .send_message_with(&SendMessageRequest {
+                    to: to_bob,
+                    body: "no client id".into(),
+                    client_id: None,
+                })
+                .await
+        }
+    });
+    let stored_too = wait_for(&mut bob_events, created).await;
+    assert_eq!(stored_too.body.as_deref(), Some("no client id"));
+    proxy.cut();
+    proxy.hold(false);
+    match tokio::time::timeout(WAIT, send).await.unwrap().unwrap() {
+        Err(ClientError::Unreachable { reason, .. }) => {
+            assert!(reason.contains("may or may not"), "{reason}");
+        }
+        other => panic!("expected an unknown outcome, got {other:?}"),
+    }
+
+    // Each was stored and delivered exactly once.
+    bob.send_message(Recipient::User(id(&alice)), "marker")
+        .await
+        .unwrap();
+    let later = created_ids(&until_marker(&mut bob_events, "marker").await);
+    assert_eq!(later.len(), 1, "nothing came twice: {later:?}");
+    let history = bob.history(sent.conversation, None, None).await.unwrap();
+    let bodies: Vec<_> = history
+        .messages
+        .iter()
+        .map(|message| message.body.as_deref().unwrap_or_default())
+        .collect();
+    assert_eq!(bodies, vec!["marker", "no client id", "in the gap"]);
+    server.stop().await;
 }
