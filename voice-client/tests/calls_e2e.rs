@@ -10,7 +10,7 @@ use voice_client::Client;
 use voice_client::audio::{
     AudioSource, FRAME_SAMPLES, MemorySink, Tone, WavSink, WavSource, dominant_frequency,
 };
-use voice_client::call::CallOptions;
+use voice_client::call::{Call, CallOptions};
 use voice_client::events::{ClientEvent, EventStream};
 use voice_client::media::{CallAudio, IcePolicy, MediaConfig};
 use voice_core::ids::CallId;
@@ -179,11 +179,7 @@ async fn two_clients_chat_then_talk_with_tones_both_ways() {
         )
         .await
         .unwrap();
-    alice_call.wait_answered(WAIT).await.unwrap();
-    alice_call.wait_connected(WAIT).await.unwrap();
-    bob_call.wait_connected(WAIT).await.unwrap();
-    alice_call.wait_first_audio(WAIT).await.unwrap();
-    bob_call.wait_first_audio(WAIT).await.unwrap();
+    audio_flows(&mut alice_call, &mut bob_call).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     // Alice hangs up: both sides see the call end, answered.
@@ -211,6 +207,16 @@ async fn two_clients_chat_then_talk_with_tones_both_ways() {
         Some(Some(CallOutcome::Answered))
     );
     server.stop().await;
+}
+
+/// Waits until the callee has answered, both sides are connected, and each
+/// has received its first audio.
+async fn audio_flows(caller: &mut Call, callee: &mut Call) {
+    caller.wait_answered(WAIT).await.unwrap();
+    for call in [caller, callee] {
+        call.wait_connected(WAIT).await.unwrap();
+        call.wait_first_audio(WAIT).await.unwrap();
+    }
 }
 
 /// Rings, answers, and checks both sides hear each other's tone.
@@ -243,11 +249,7 @@ async fn talk(
         )
         .await
         .unwrap();
-    alice_call.wait_answered(WAIT).await.unwrap();
-    alice_call.wait_connected(WAIT).await.unwrap();
-    bob_call.wait_connected(WAIT).await.unwrap();
-    alice_call.wait_first_audio(WAIT).await.unwrap();
-    bob_call.wait_first_audio(WAIT).await.unwrap();
+    audio_flows(&mut alice_call, &mut bob_call).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let bob_stats = bob_call.hangup().await.unwrap();
     let end = tokio::time::timeout(WAIT, alice_call.wait_ended())
@@ -354,11 +356,7 @@ async fn the_callee_socket_drops_while_ringing_and_the_call_still_works() {
         )
         .await
         .unwrap();
-    alice_call.wait_answered(WAIT).await.unwrap();
-    alice_call.wait_connected(WAIT).await.unwrap();
-    bob_call.wait_connected(WAIT).await.unwrap();
-    bob_call.wait_first_audio(WAIT).await.unwrap();
-    alice_call.wait_first_audio(WAIT).await.unwrap();
+    audio_flows(&mut alice_call, &mut bob_call).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
     alice_call.hangup().await.unwrap();
     assert_eq!(
