@@ -247,12 +247,16 @@ const events = {
   attempt: 0,
   timer: null,
   stopped: true,
+  // Requests sent on the socket that wait for their answer, by `ref`.
+  pending: new Map(),
+  nextRef: 0,
 
   start() { this.stopped = false; this.connect(); },
 
   stop() {
     this.stopped = true;
     clearTimeout(this.timer);
+    this.settleAll();
     if (this.socket) { this.socket.onclose = null; this.socket.close(1000); this.socket = null; }
     setConnection(false);
   },
@@ -271,6 +275,7 @@ const events = {
       socket.onclose = (close) => {
         setConnection(false);
         this.socket = null;
+        this.settleAll();
         if (close.code === 4001) { session.clear(); showSignIn(); return; }
         this.retry();
       };
@@ -293,9 +298,35 @@ const events = {
     return false;
   },
 
+  // Sends `message` with a fresh `ref` and resolves with the server's answer
+  // (the event carrying that ref), or with null when there is no open
+  // socket, it closes first, or no answer comes within `timeoutMs`: then
+  // the outcome is unknown and the caller retries another way.
+  request(message, timeoutMs = 10_000) {
+    const ref = `r${++this.nextRef}`;
+    if (!this.send({ ...message, ref })) return Promise.resolve(null);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.settle(ref, null), timeoutMs);
+      this.pending.set(ref, (answer) => { clearTimeout(timer); resolve(answer); });
+    });
+  },
+
+  settle(ref, answer) {
+    const resolve = this.pending.get(ref);
+    if (!resolve) return false;
+    this.pending.delete(ref);
+    resolve(answer);
+    return true;
+  },
+
+  settleAll() {
+    for (const ref of [...this.pending.keys()]) this.settle(ref, null);
+  },
+
   receive(text) {
     let event;
     try { event = JSON.parse(text); } catch { return; }
+    if (typeof event.ref === 'string' && this.settle(event.ref, event)) return;
     if (typeof event.seq === 'number') {
       const cursor = Number(localStorage.getItem(CURSOR_KEY) || 0);
       if (event.seq > cursor) localStorage.setItem(CURSOR_KEY, String(event.seq));
@@ -551,8 +582,13 @@ async function sendMessage() {
   const to = state.open.kind === 'group'
     ? { group: state.open.group }
     : { user: state.open.id.split(':').slice(1).find((u) => u !== state.me.id) || state.me.id };
-  // A client id makes a retry after a network failure send it only once.
-  await api('POST', '/v1/messages', { to, body, client_id: crypto.randomUUID() });
+  // Over the open socket, answered after the server stored it; over HTTP
+  // when there is no socket or its answer did not come. The one client id
+  // makes the server store it once, however many ways it was sent.
+  const request = { to, body, client_id: crypto.randomUUID() };
+  const answer = await events.request({ type: 'message.send', ...request });
+  if (answer?.type === 'error') throw new ApiError(0, answer.error.code, answer.error.message);
+  if (!answer) await api('POST', '/v1/messages', request);
   input.value = '';
 }
 

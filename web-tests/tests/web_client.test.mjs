@@ -21,7 +21,13 @@ test('two browser users befriend, chat and call each other', { timeout: 180_000 
     await befriend(alice, bob, 'alice', 'bob');
     await bob.locator('[data-user] .presence.online').first().waitFor();
 
-    // Chat: live delivery, unread count, typing, delete.
+    // Chat: live delivery, unread count, typing, delete. With its socket
+    // up, a tab sends over the socket, not with POST /v1/messages.
+    const posted = [];
+    alice.on('request', (request) => {
+      if (request.method() === 'POST' && new URL(request.url()).pathname === '/v1/messages') posted.push(request);
+    });
+    await alice.locator('#connection.online').waitFor();
     await alice.getByRole('button', { name: 'Chat with bob' }).click();
     await alice.getByRole('textbox', { name: 'Message' }).fill('hello bob');
     await alice.getByRole('button', { name: 'Send' }).click();
@@ -37,6 +43,7 @@ test('two browser users befriend, chat and call each other', { timeout: 180_000 
     await bob.locator('#messages').getByText('oops').waitFor();
     await alice.locator('#messages li', { hasText: 'oops' }).getByRole('button', { name: 'Delete this message' }).click();
     await bob.locator('#messages').getByText('message deleted').waitFor();
+    assert.equal(posted.length, 0, 'messages went over the WebSocket');
     await alice.screenshot({ path: join(screenshots, 'chat.png') });
 
     // A group.

@@ -63,6 +63,8 @@ pub async fn run(client: &Client, recipient: Recipient) -> Outcome {
     };
     let names = Names::load(client).await;
     let mut events = client.events().await?;
+    // Lines go over the live socket (HTTP when it is down), in order.
+    let connection = events.connection().clone();
     let recent = client.history(conversation, None, Some(10)).await?;
     for message in recent.messages.iter().rev() {
         println!("{}", line(&names, message));
@@ -74,7 +76,7 @@ pub async fn run(client: &Client, recipient: Recipient) -> Outcome {
             typed = stdin.next_line() => match typed {
                 Ok(Some(text)) if text.trim().is_empty() => {}
                 Ok(Some(text)) => {
-                    if let Err(e) = client.send_message(recipient, text).await {
+                    if let Err(e) = connection.send_message(recipient, text).await {
                         eprintln!("not sent: {}", Failure::from(e).0);
                     }
                 }
