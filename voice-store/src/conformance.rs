@@ -854,6 +854,20 @@ pub async fn messages(store: &dyn Store) {
         store.get_message(victim.id).await.unwrap(),
         Some(tombstone.clone())
     );
+    // The logs it was delivered to replay the tombstone, not the body.
+    for user in [a, b] {
+        let Replay::Events(log) = store.events_since(user, 0, 1000).await.unwrap() else {
+            panic!("nothing was pruned");
+        };
+        let replayed: Vec<&Message> = log
+            .iter()
+            .filter_map(|delivery| match &delivery.event {
+                Event::MessageCreated { message } if message.id == victim.id => Some(message),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(replayed, vec![&tombstone], "{user}'s log");
+    }
     assert_eq!(
         page(Some(3), None, 10).await.unwrap(),
         vec![tombstone, sent[0].clone()]

@@ -175,15 +175,20 @@ const MESSAGE_COLUMNS: &str =
     "id, conversation, seq, sender, body, client_id, created_at, deleted_at";
 
 fn message_row(row: &Row<'_>) -> rusqlite::Result<Message> {
+    message_row_at(row, 0)
+}
+
+/// A message from [`MESSAGE_COLUMNS`] starting at column `first`.
+fn message_row_at(row: &Row<'_>, first: usize) -> rusqlite::Result<Message> {
     Ok(Message {
-        id: parse_at(row, 0)?,
-        conversation: parse_at(row, 1)?,
-        seq: seq_at(row, 2)?,
-        sender: parse_at(row, 3)?,
-        body: row.get(4)?,
-        client_id: row.get(5)?,
-        created_at: time_at(row, 6)?,
-        deleted_at: opt_time_at(row, 7)?,
+        id: parse_at(row, first)?,
+        conversation: parse_at(row, first + 1)?,
+        seq: seq_at(row, first + 2)?,
+        sender: parse_at(row, first + 3)?,
+        body: row.get(first + 4)?,
+        client_id: row.get(first + 5)?,
+        created_at: time_at(row, first + 6)?,
+        deleted_at: opt_time_at(row, first + 7)?,
     })
 }
 
@@ -225,21 +230,44 @@ fn distinct(users: &[UserId]) -> Vec<UserId> {
         .collect()
 }
 
-fn event_json(event: &Event) -> DbResult<String> {
-    serde_json::to_string(event).map_err(|error| {
-        tracing::error!(%error, "an event does not serialize");
-        Error::internal().into()
-    })
+/// How an event is kept in a user's log: a `message.created` as its
+/// message's id (the message row is the event, read with it on replay),
+/// any other event as its JSON.
+enum LoggedEvent {
+    Message(String),
+    Json(String),
 }
 
-/// Appends `event` (whose JSON is `json`) to `user`'s log with their next
+impl LoggedEvent {
+    fn of(event: &Event) -> DbResult<LoggedEvent> {
+        if let Event::MessageCreated { message } = event {
+            return Ok(LoggedEvent::Message(message.id.to_string()));
+        }
+        serde_json::to_string(event)
+            .map(LoggedEvent::Json)
+            .map_err(|error| {
+                tracing::error!(%error, "an event does not serialize");
+                Error::internal().into()
+            })
+    }
+
+    /// The `event` and `message_id` columns.
+    fn columns(&self) -> (&str, Option<&str>) {
+        match self {
+            LoggedEvent::Message(id) => ("", Some(id)),
+            LoggedEvent::Json(json) => (json, None),
+        }
+    }
+}
+
+/// Appends `event` (kept as `logged`) to `user`'s log with their next
 /// seq. The seq comes from the user's row, which pruning never touches, so
 /// numbering goes on where it was; an unknown user is not found.
 fn append_event(
     conn: &Connection,
     user: UserId,
     event: &Event,
-    json: &str,
+    logged: &LoggedEvent,
     now: OffsetDateTime,
 ) -> DbResult<Delivery> {
     let seq: i64 = conn
@@ -250,10 +278,7 @@ fn append_event(
         .query_row([user.to_string()], |row| row.get(0))
         .optional()?
         .ok_or_else(|| Error::not_found("no such user"))?;
-    let message_id = match event {
-        Event::MessageCreated { message } => Some(message.id.to_string()),
-        _ => None,
-    };
+    let (json, message_id) = logged.columns();
     conn.prepare_cached(
         "INSERT INTO events (user_id, seq, event, created_at, message_id)
          VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -277,10 +302,10 @@ fn deliver(
     if users.is_empty() {
         return Ok(Vec::new());
     }
-    let json = event_json(event)?;
+    let logged = LoggedEvent::of(event)?;
     users
         .iter()
-        .map(|user| append_event(conn, *user, event, &json, now))
+        .map(|user| append_event(conn, *user, event, &logged, now))
         .collect()
 }
 
@@ -869,13 +894,8 @@ impl MessageStore for SqliteStore {
                     deliveries: Vec::new(),
                 }));
             }
-            // The body must not live on in the logs it was delivered to:
-            // their message.created events now carry the tombstone.
-            let created = event_json(&Event::MessageCreated {
-                message: tombstone.clone(),
-            })?;
-            conn.prepare_cached("UPDATE events SET event = ?2 WHERE message_id = ?1")?
-                .execute([id.to_string(), created])?;
+            // The logs it was delivered to hold only its id: a replay of
+            // its message.created shows the tombstone, not the body.
             let event = Event::MessageDeleted {
                 conversation: tombstone.conversation,
                 message_id: id,
@@ -1189,7 +1209,9 @@ impl EventStore for SqliteStore {
         self.write(move |conn| {
             events
                 .iter()
-                .map(|(user, event)| append_event(conn, *user, event, &event_json(event)?, now))
+                .map(|(user, event)| {
+                    append_event(conn, *user, event, &LoggedEvent::of(event)?, now)
+                })
                 .collect()
         })
         .await
@@ -1206,20 +1228,24 @@ impl EventStore for SqliteStore {
             if since > latest || since < pruned {
                 return Ok(Replay::ResyncRequired { latest_seq: latest });
             }
+            let message_columns = MESSAGE_COLUMNS
+                .split(", ")
+                .map(|column| format!("m.{column}"))
+                .collect::<Vec<_>>()
+                .join(", ");
             let deliveries = conn
-                .prepare_cached(
-                    "SELECT seq, event, created_at FROM events WHERE user_id = ?1 AND seq > ?2
-                     ORDER BY seq LIMIT ?3",
-                )?
+                .prepare_cached(&format!(
+                    "SELECT e.seq, e.event, e.created_at, e.message_id, {message_columns}
+                     FROM events e LEFT JOIN messages m ON m.id = e.message_id
+                     WHERE e.user_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+                ))?
                 .query_map(
                     params![user.to_string(), sql_seq(since), i64::from(limit)],
                     |row| {
-                        let json: String = row.get(1)?;
                         Ok(Delivery {
                             user_id: user,
                             seq: seq_at(row, 0)?,
-                            event: serde_json::from_str(&json)
-                                .map_err(|error| conversion_error(1, Type::Text, error))?,
+                            event: logged_event_at(row)?,
                             created_at: time_at(row, 2)?,
                         })
                     },
@@ -1256,6 +1282,29 @@ impl EventStore for SqliteStore {
         })
         .await
     }
+}
+
+/// The event of a replay row (see `events_since`): a `message.created`
+/// made from the joined message, or the stored JSON.
+fn logged_event_at(row: &Row<'_>) -> rusqlite::Result<Event> {
+    let message_id: Option<String> = row.get(3)?;
+    if let Some(message_id) = message_id {
+        // Messages are never removed, only tombstoned; a missing one is a
+        // damaged database, reported like an unreadable event.
+        let joined: Option<String> = row.get(4)?;
+        if joined.is_none() {
+            return Err(conversion_error(
+                3,
+                Type::Text,
+                format!("the event's message {message_id} is missing"),
+            ));
+        }
+        return Ok(Event::MessageCreated {
+            message: message_row_at(row, 4)?,
+        });
+    }
+    let json: String = row.get(1)?;
+    serde_json::from_str(&json).map_err(|error| conversion_error(1, Type::Text, error))
 }
 
 /// `user`'s newest event seq and the highest seq pruned from their log;

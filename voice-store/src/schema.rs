@@ -213,6 +213,15 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     ) STRICT;
     ",
+    // 5: message.created events point at their message.
+    "
+    -- A message.created event keeps only message_id, with event empty: the
+    -- message row is the event, read with it on replay. Sending a message
+    -- then stores its body once, not once per recipient, and deleting it
+    -- leaves nothing to erase in the logs (the replay shows the tombstone).
+    UPDATE events SET event = '' WHERE message_id IS NOT NULL;
+    DROP INDEX events_by_message;
+    ",
 ];
 
 /// The schema version this build creates and understands.
@@ -564,6 +573,54 @@ mod tests {
         );
         assert!(time_is_strict.is_err());
         assert_eq!(count("stun_overrides"), 3);
+    }
+
+    #[test]
+    fn migration_5_points_message_events_at_their_message() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "foreign_keys", true).unwrap();
+        migrate_with(&mut conn, &MIGRATIONS[..4]).unwrap();
+        let user = "00000000-0000-7000-8000-00000000000a";
+        conn.execute(
+            "INSERT INTO users (id, issuer, subject, created_at)
+             VALUES (?1, 'https://old.example', ?1, 0)",
+            [user],
+        )
+        .unwrap();
+        let created = r#"{"type":"message.created","message":{"body":"hello"}}"#;
+        let other = r#"{"type":"friend.accepted"}"#;
+        conn.execute(
+            "INSERT INTO events (user_id, seq, event, created_at, message_id)
+             VALUES (?1, 1, ?2, 0, 'message-1'), (?1, 2, ?3, 0, NULL)",
+            [user, created, other],
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+        let logged: Vec<(i64, String, Option<String>)> = conn
+            .prepare("SELECT seq, event, message_id FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            logged,
+            vec![
+                (1, String::new(), Some("message-1".to_owned())),
+                (2, other.to_owned(), None),
+            ],
+            "the body is gone from the log; other events stay as they were"
+        );
+        let index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'events_by_message'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 0, "nothing looks events up by message any more");
     }
 
     #[test]
