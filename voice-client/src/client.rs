@@ -711,12 +711,8 @@ impl Client {
     /// several in flight at once), see
     /// [`Connection::send_message`](crate::Connection::send_message).
     pub async fn send_message(&self, to: Recipient, body: impl Into<String>) -> Result<Message> {
-        self.send_message_with(&SendMessageRequest {
-            to,
-            body: body.into(),
-            client_id: Some(uuid::Uuid::now_v7().to_string()),
-        })
-        .await
+        self.send_message_with(&with_fresh_client_id(to, body.into()))
+            .await
     }
 
     /// `POST /v1/messages` as given. With a `client_id`, a send that fails
@@ -1025,6 +1021,16 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response> 
                 "{url} answered {status} without an error body: {snippet:?}"
             )))
         }
+    }
+}
+
+/// A send request with a new `client_id`, so that retries of it (over
+/// HTTP, or after the socket dropped) store it at most once.
+pub(crate) fn with_fresh_client_id(to: Recipient, body: String) -> SendMessageRequest {
+    SendMessageRequest {
+        to,
+        body,
+        client_id: Some(uuid::Uuid::now_v7().to_string()),
     }
 }
 

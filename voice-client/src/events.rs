@@ -49,7 +49,7 @@ use voice_core::wire::{
     Event, PROTOCOL_VERSION, RawJson, Recipient, SendMessageRequest, ServerEvent,
 };
 
-use crate::client::{Client, error_chain, lock, refusal};
+use crate::client::{Client, error_chain, lock, refusal, with_fresh_client_id};
 use crate::error::{ClientError, Result};
 use crate::signaling::{Signal, SignalingTransport};
 
@@ -528,12 +528,8 @@ impl Connection {
     /// HTTP request per message. See [`Connection::send_message_with`]
     /// for pipelining and for what happens when the socket is down.
     pub async fn send_message(&self, to: Recipient, body: impl Into<String>) -> Result<Message> {
-        self.send_message_with(&SendMessageRequest {
-            to,
-            body: body.into(),
-            client_id: Some(uuid::Uuid::now_v7().to_string()),
-        })
-        .await
+        self.send_message_with(&with_fresh_client_id(to, body.into()))
+            .await
     }
 
     /// Sends `request` as a `message.send` with a fresh `ref`, and returns
