@@ -81,6 +81,8 @@ pub enum CallError {
     AlreadyInCall,
     #[error("too much signaling before the call was answered")]
     SignalBufferFull,
+    #[error("a call with this id is already on")]
+    IdInUse,
 }
 
 /// An effect for the driver to carry out.

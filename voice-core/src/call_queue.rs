@@ -117,6 +117,11 @@ impl CallQueue {
         if caller.user == callee {
             return Err(CallError::NotParticipant);
         }
+        // Ids come from the driver; a repeat would make two calls share
+        // one entry in `by_id`, so it is refused before anything changes.
+        if self.by_id.contains_key(&id) {
+            return Err(CallError::IdInUse);
+        }
         if let Some(&existing) = self.by_user.get(&caller.user) {
             let call = &self.slots[existing].call;
             let glare = call.caller().user == callee
@@ -148,8 +153,7 @@ impl CallQueue {
             }
         }
         self.by_user.insert(caller.user, key);
-        let previous = self.by_id.insert(id, key);
-        debug_assert!(previous.is_none(), "call {id} requested twice");
+        self.by_id.insert(id, key);
         let mut call = Call::new(id, caller, callee, now, self.config.clone());
         let deadline = call.ring_deadline();
         self.outputs
@@ -383,6 +387,25 @@ mod tests {
         assert_eq!(expired, ids[..3]);
         assert_eq!(queue.len(), 2);
         assert_eq!(queue.poll_timeout(), Some(start + Duration::from_secs(33)));
+    }
+
+    #[test]
+    fn an_id_already_in_use_is_refused_and_changes_nothing() {
+        let now = Instant::now();
+        let mut queue = CallQueue::new(CallConfig::default());
+        let (alice, bob, carol, dave) = (device(), device(), device(), device());
+        let id = CallId::new();
+        queue.handle_request(now, id, alice, bob.user).unwrap();
+        outputs(&mut queue);
+        assert_eq!(
+            queue.handle_request(now, id, carol, dave.user),
+            Err(CallError::IdInUse)
+        );
+        assert!(outputs(&mut queue).is_empty());
+        assert_eq!(queue.len(), 1);
+        assert_eq!(queue.get(id).map(|call| call.caller), Some(alice));
+        assert!(queue.call_of(carol.user).is_none());
+        assert!(queue.call_of(dave.user).is_none());
     }
 
     #[test]

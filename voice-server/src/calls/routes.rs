@@ -57,9 +57,10 @@ pub async fn call_error(state: &AppState, id: CallId, error: CallError) -> ApiEr
             Err(error) => error.into(),
         },
         CallError::NotParticipant => Error::forbidden(message).into(),
-        CallError::AlreadyAnswered | CallError::AlreadyInCall | CallError::WrongPhase(_) => {
-            Error::conflict(message).into()
-        }
+        CallError::AlreadyAnswered
+        | CallError::AlreadyInCall
+        | CallError::WrongPhase(_)
+        | CallError::IdInUse => Error::conflict(message).into(),
         CallError::Over => Error::gone(message).into(),
         CallError::SignalBufferFull => Error::rate_limited(message).into(),
     }
