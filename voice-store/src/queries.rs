@@ -4,6 +4,7 @@
 //! no further locking.
 
 use std::str::FromStr;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use rusqlite::types::Type;
@@ -1228,17 +1229,8 @@ impl EventStore for SqliteStore {
             if since > latest || since < pruned {
                 return Ok(Replay::ResyncRequired { latest_seq: latest });
             }
-            let message_columns = MESSAGE_COLUMNS
-                .split(", ")
-                .map(|column| format!("m.{column}"))
-                .collect::<Vec<_>>()
-                .join(", ");
             let deliveries = conn
-                .prepare_cached(&format!(
-                    "SELECT e.seq, e.event, e.created_at, e.message_id, {message_columns}
-                     FROM events e LEFT JOIN messages m ON m.id = e.message_id
-                     WHERE e.user_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
-                ))?
+                .prepare_cached(&REPLAY_QUERY)?
                 .query_map(
                     params![user.to_string(), sql_seq(since), i64::from(limit)],
                     |row| {
@@ -1283,6 +1275,22 @@ impl EventStore for SqliteStore {
         .await
     }
 }
+
+/// A user's events after a seq, each `message.created` with its message
+/// ([`MESSAGE_COLUMNS`] from column 4, see [`logged_event_at`]). Built
+/// once: a replay only looks it up in the statement cache.
+static REPLAY_QUERY: LazyLock<String> = LazyLock::new(|| {
+    let message_columns = MESSAGE_COLUMNS
+        .split(", ")
+        .map(|column| format!("m.{column}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "SELECT e.seq, e.event, e.created_at, e.message_id, {message_columns}
+         FROM events e LEFT JOIN messages m ON m.id = e.message_id
+         WHERE e.user_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+    )
+});
 
 /// The event of a replay row (see `events_since`): a `message.created`
 /// made from the joined message, or the stored JSON.
