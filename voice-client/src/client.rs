@@ -1013,7 +1013,10 @@ async fn check_status(response: reqwest::Response) -> Result<reqwest::Response> 
     let url = without_query(response.url().as_str());
     let bytes = response.bytes().await.unwrap_or_default();
     match serde_json::from_slice::<ErrorBody>(&bytes) {
-        Ok(body) => Err(refusal(status.as_u16(), body.error)),
+        Ok(body) => Err(ClientError::Api {
+            status: status.as_u16(),
+            error: body.error,
+        }),
         Err(_) => {
             let text = String::from_utf8_lossy(&bytes);
             let snippet: String = text.chars().take(200).collect();
@@ -1032,15 +1035,6 @@ pub(crate) fn with_fresh_client_id(to: Recipient, body: String) -> SendMessageRe
         body,
         client_id: Some(uuid::Uuid::now_v7().to_string()),
     }
-}
-
-/// A server refusal (`{"error":{"code","message"}}`) as a [`ClientError`]:
-/// the one mapping for answers over HTTP (with the response's status) and
-/// over the WebSocket (with the status of the error's code,
-/// [`ErrorCode::http_status`](voice_core::ErrorCode::http_status)), so
-/// both paths fail alike.
-pub(crate) fn refusal(status: u16, error: voice_core::error::Error) -> ClientError {
-    ClientError::Api { status, error }
 }
 
 /// The URL without its query, for messages: queries may hold tickets.

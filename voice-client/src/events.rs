@@ -49,7 +49,7 @@ use voice_core::wire::{
     Event, PROTOCOL_VERSION, RawJson, Recipient, SendMessageRequest, ServerEvent,
 };
 
-use crate::client::{Client, error_chain, lock, refusal, with_fresh_client_id};
+use crate::client::{Client, error_chain, lock, with_fresh_client_id};
 use crate::error::{ClientError, Result};
 use crate::signaling::{Signal, SignalingTransport};
 
@@ -649,7 +649,11 @@ impl Connection {
         match answer {
             Some(SendAnswer::Sent(message)) => SocketSend::Answered(Ok(message)),
             Some(SendAnswer::Refused(error)) => {
-                SocketSend::Answered(Err(refusal(error.code.http_status(), error)))
+                // The same error the HTTP path gives: the code's status.
+                SocketSend::Answered(Err(ClientError::Api {
+                    status: error.code.http_status(),
+                    error,
+                }))
             }
             Some(SendAnswer::Dropped { written: false }) => SocketSend::NotSent,
             Some(SendAnswer::Dropped { written: true }) => SocketSend::Unknown(
