@@ -1,8 +1,8 @@
 //! Store benchmarks: what one acknowledged message insert (the message and
 //! its event in both users' logs) costs at each durability level, how much
 //! group commit recovers under concurrency, how fast a history page reads,
-//! and, for comparison, the same writes on raw rusqlite with the same
-//! pragmas but none of the store's threads.
+//! and, for comparison, each of them on raw rusqlite with the same
+//! pragmas and SQL but none of the store's threads.
 //!
 //! `cargo bench -p voice-benches --bench store -- --test` runs each once as
 //! a smoke test.
@@ -17,7 +17,6 @@ use tokio::task::JoinSet;
 use voice_core::ids::{MessageId, UserId};
 use voice_core::model::{Conversation, Identity, Message, NewMessage};
 use voice_core::store::{MessageStore, UserStore};
-use voice_core::wire::Event;
 use voice_store::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Concurrent inserts per iteration of the group-commit benchmark.
@@ -135,132 +134,157 @@ fn insert_one(c: &mut Criterion) {
                 )
             })
         });
-        raw_insert_one(&mut group, &runtime, fixture, level, name);
+        let raw = Raw::take_over(&runtime, fixture, level);
+        group.bench_function(BenchmarkId::new("raw_rusqlite", name), |b| {
+            b.iter(|| raw.insert_in_one_transaction(1))
+        });
     }
     group.finish();
 }
 
-/// The same writes straight on a connection: same file layout, same
-/// pragmas, prepared statements and one `BEGIN IMMEDIATE` transaction per
-/// message, on the calling thread. Like the store, it numbers the message,
-/// records both participants and appends the event to both logs.
-fn raw_insert_one(
-    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
-    runtime: &Runtime,
-    fixture: Fixture,
-    level: Synchronous,
-    name: &str,
-) {
-    let Fixture {
-        _dir: dir,
-        store,
-        sender,
-        partner,
-        conversation,
-    } = fixture;
-    // The store created the schema; it must be closed before the raw
-    // connection takes over, so only one writer is measured.
-    runtime.block_on(store.close());
-    let conn = rusqlite::Connection::open(dir.path().join("bench.db")).expect("raw open");
-    conn.pragma_update(None, "journal_mode", "WAL")
-        .expect("wal");
-    let synchronous = match level {
-        Synchronous::Normal => "NORMAL",
-        Synchronous::Full => "FULL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)
-        .expect("synchronous");
-    conn.pragma_update(None, "foreign_keys", true)
-        .expect("foreign keys");
-    let mut next_seq = conn
-        .prepare("SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE conversation = ?1")
-        .expect("prepare");
-    let mut insert = conn
-        .prepare(
+/// The store's writes straight on one connection: same file layout, same
+/// pragmas, cached prepared statements, on the calling thread. Like the
+/// store, a message insert numbers the message, records both participants
+/// and appends the event (by message id) to both users' logs.
+struct Raw {
+    /// Keeps the database file alive as long as the connection.
+    _dir: TempDir,
+    conn: rusqlite::Connection,
+    conversation: String,
+    users: [String; 2],
+}
+
+impl Raw {
+    /// Closes the fixture's store, which created the schema, and opens the
+    /// same file: only one writer is ever measured.
+    fn take_over(runtime: &Runtime, fixture: Fixture, level: Synchronous) -> Raw {
+        let Fixture {
+            _dir: dir,
+            store,
+            sender,
+            partner,
+            conversation,
+        } = fixture;
+        runtime.block_on(store.close());
+        let conn = rusqlite::Connection::open(dir.path().join("bench.db")).expect("raw open");
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .expect("wal");
+        let synchronous = match level {
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Full => "FULL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)
+            .expect("synchronous");
+        conn.pragma_update(None, "foreign_keys", true)
+            .expect("foreign keys");
+        Raw {
+            _dir: dir,
+            conn,
+            conversation: conversation.to_string(),
+            users: [sender.to_string(), partner.to_string()],
+        }
+    }
+
+    /// `count` messages in one `BEGIN IMMEDIATE` transaction: with 1, a
+    /// lone insert; with more, what group commit aims at.
+    fn insert_in_one_transaction(&self, count: usize) {
+        self.conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        for _ in 0..count {
+            self.insert();
+        }
+        self.conn.execute_batch("COMMIT").expect("commit");
+    }
+
+    fn insert(&self) {
+        let conn = &self.conn;
+        let id = MessageId::new().to_string();
+        let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
+        let body = "a message of an ordinary length, about sixty characters long";
+        let seq: i64 = conn
+            .prepare_cached(
+                "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE conversation = ?1",
+            )
+            .and_then(|mut next| next.query_row([&self.conversation], |row| row.get(0)))
+            .expect("seq");
+        conn.prepare_cached(
             "INSERT INTO messages (id, conversation, seq, sender, body, client_id, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, NULL, ?6)",
         )
-        .expect("prepare");
-    let mut participant = conn
-        .prepare(
-            "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
-             ON CONFLICT (user_id, conversation) DO NOTHING",
-        )
-        .expect("prepare");
-    let mut event_seq = conn
-        .prepare(
-            "UPDATE users SET last_event_seq = last_event_seq + 1 WHERE id = ?1
-             RETURNING last_event_seq",
-        )
-        .expect("prepare");
-    let mut append = conn
-        .prepare(
-            "INSERT INTO events (user_id, seq, event, created_at, message_id)
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .expect("prepare");
-    let conversation_text = conversation.to_string();
-    let users = [sender.to_string(), partner.to_string()];
-    group.bench_function(BenchmarkId::new("raw_rusqlite", name), |b| {
-        b.iter(|| {
-            let id = MessageId::new();
-            let created_at = OffsetDateTime::now_utc();
-            let now = (created_at.unix_timestamp_nanos() / 1_000_000) as i64;
-            let body = "a message of an ordinary length, about sixty characters long";
-            conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
-            let seq: i64 = next_seq
-                .query_row([&conversation_text], |row| row.get(0))
-                .expect("seq");
-            insert
-                .execute(rusqlite::params![
-                    id.to_string(),
-                    conversation_text,
-                    seq,
-                    users[0],
-                    body,
-                    None::<String>,
-                    now
-                ])
-                .expect("insert");
-            for user in &users {
-                participant
-                    .execute([user, &conversation_text])
-                    .expect("participant");
-            }
-            let event = Event::MessageCreated {
-                message: Message {
-                    id,
-                    conversation,
-                    seq: seq as u64,
-                    sender,
-                    body: Some(body.to_owned()),
-                    client_id: None,
-                    created_at,
-                    deleted_at: None,
-                },
-            };
-            let json = serde_json::to_string(&event).expect("events serialize");
-            for user in &users {
-                let event_seq: i64 = event_seq
-                    .query_row([user], |row| row.get(0))
-                    .expect("event seq");
-                append
-                    .execute(rusqlite::params![
-                        user,
-                        event_seq,
-                        json,
-                        now,
-                        id.to_string()
-                    ])
-                    .expect("append");
-            }
-            conn.execute_batch("COMMIT").expect("commit");
+        .and_then(|mut insert| {
+            insert.execute(rusqlite::params![
+                id,
+                self.conversation,
+                seq,
+                self.users[0],
+                body,
+                now
+            ])
         })
-    });
+        .expect("insert");
+        for user in &self.users {
+            conn.prepare_cached(
+                "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
+                 ON CONFLICT (user_id, conversation) DO NOTHING",
+            )
+            .and_then(|mut participant| participant.execute([user, &self.conversation]))
+            .expect("participant");
+        }
+        for user in &self.users {
+            let event_seq: i64 = conn
+                .prepare_cached(
+                    "UPDATE users SET last_event_seq = last_event_seq + 1 WHERE id = ?1
+                     RETURNING last_event_seq",
+                )
+                .and_then(|mut next| next.query_row([user], |row| row.get(0)))
+                .expect("event seq");
+            conn.prepare_cached(
+                "INSERT INTO events (user_id, seq, event, created_at, message_id)
+                 VALUES (?1, ?2, '', ?3, ?4)",
+            )
+            .and_then(|mut append| append.execute(rusqlite::params![user, event_seq, now, id]))
+            .expect("append");
+        }
+    }
+
+    /// The store's history query, each row decoded into a [`Message`].
+    fn history_page(&self, newest: u64, limit: u32) -> Vec<Message> {
+        let mut page = self
+            .conn
+            .prepare_cached(
+                "SELECT id, conversation, seq, sender, body, client_id, created_at, deleted_at
+                 FROM messages WHERE conversation = ?1 AND seq <= ?2
+                 ORDER BY seq DESC LIMIT ?3",
+            )
+            .expect("prepare");
+        let rows = page
+            .query_map(
+                rusqlite::params![self.conversation, newest.min(i64::MAX as u64) as i64, limit],
+                |row| {
+                    let text = |index| row.get::<_, String>(index);
+                    let time = |ms: i64| {
+                        OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+                            .expect("stored times are in range")
+                    };
+                    Ok(Message {
+                        id: text(0)?.parse().expect("stored ids parse"),
+                        conversation: text(1)?.parse().expect("stored conversations parse"),
+                        seq: row.get::<_, i64>(2)? as u64,
+                        sender: text(3)?.parse().expect("stored ids parse"),
+                        body: row.get(4)?,
+                        client_id: row.get(5)?,
+                        created_at: time(row.get(6)?),
+                        deleted_at: row.get::<_, Option<i64>>(7)?.map(time),
+                    })
+                },
+            )
+            .expect("query");
+        rows.collect::<rusqlite::Result<Vec<_>>>().expect("rows")
+    }
 }
 
 /// Many inserts in flight at once: group commit shares transactions (and,
-/// with `full`, syncs) among them.
+/// with `full`, syncs) among them. Raw rusqlite puts the same number of
+/// messages in one transaction: the most group commit could save.
 fn insert_concurrent(c: &mut Criterion) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -281,12 +305,18 @@ fn insert_concurrent(c: &mut Criterion) {
                 stats.largest_batch
             );
         }
+        let raw = Raw::take_over(&runtime, fixture, level);
+        group.bench_function(
+            BenchmarkId::new("raw_rusqlite_one_transaction", name),
+            |b| b.iter(|| raw.insert_in_one_transaction(CONCURRENT)),
+        );
     }
     group.finish();
 }
 
 /// One page of 50 from a conversation of 10,000 messages: the newest page
-/// and a page from the middle (a cursor).
+/// and a page from the middle (a cursor), then the same query on raw
+/// rusqlite.
 fn history_page(c: &mut Criterion) {
     let runtime = current_thread();
     let fixture = Fixture::new(&runtime, Synchronous::Normal);
@@ -306,30 +336,35 @@ fn history_page(c: &mut Criterion) {
     let middle = all[HISTORY / 2].seq;
 
     let mut group = c.benchmark_group("history_page");
-    group.bench_function("newest_50", |b| {
-        b.iter(|| {
-            let page = runtime
-                .block_on(
-                    fixture
-                        .store
-                        .list_messages(fixture.conversation, None, None, 50),
-                )
-                .expect("list");
-            black_box(page)
-        })
-    });
-    group.bench_function("middle_50", |b| {
-        b.iter(|| {
-            let page = runtime
-                .block_on(
-                    fixture
-                        .store
-                        .list_messages(fixture.conversation, Some(middle), None, 50),
-                )
-                .expect("list");
-            black_box(page)
-        })
-    });
+    for (name, before) in [("newest_50", None), ("middle_50", Some(middle))] {
+        group.bench_function(BenchmarkId::new("store", name), |b| {
+            b.iter(|| {
+                let page = runtime
+                    .block_on(
+                        fixture
+                            .store
+                            .list_messages(fixture.conversation, before, None, 50),
+                    )
+                    .expect("list");
+                black_box(page)
+            })
+        });
+    }
+    let expected_middle = runtime
+        .block_on(
+            fixture
+                .store
+                .list_messages(fixture.conversation, Some(middle), None, 50),
+        )
+        .expect("list");
+    let raw = Raw::take_over(&runtime, fixture, Synchronous::Normal);
+    // The comparison is only fair if both return the same page.
+    assert_eq!(raw.history_page(middle - 1, 50), expected_middle);
+    for (name, newest) in [("newest_50", u64::MAX), ("middle_50", middle - 1)] {
+        group.bench_function(BenchmarkId::new("raw_rusqlite", name), |b| {
+            b.iter(|| black_box(raw.history_page(newest, 50)))
+        });
+    }
     group.finish();
 }
 
