@@ -231,12 +231,12 @@ impl Raw {
         }
         for user in &self.users {
             let event_seq: i64 = conn
-                .prepare_cached(
-                    "UPDATE users SET last_event_seq = last_event_seq + 1 WHERE id = ?1
-                     RETURNING last_event_seq",
-                )
+                .prepare_cached("SELECT last_event_seq + 1 FROM users WHERE id = ?1")
                 .and_then(|mut next| next.query_row([user], |row| row.get(0)))
                 .expect("event seq");
+            conn.prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")
+                .and_then(|mut count| count.execute(rusqlite::params![user, event_seq]))
+                .expect("count");
             conn.prepare_cached(
                 "INSERT INTO events (user_id, seq, event, created_at, message_id)
                  VALUES (?1, ?2, '', ?3, ?4)",
