@@ -8,6 +8,8 @@
 //! - `schema`: the embedded, versioned migrations.
 //! - `worker`: the threads that own the connections; the writer's group
 //!   commit lives here.
+//! - `event_counters`: each user's event seq as a write transaction moves
+//!   it, written to the user's row once per transaction.
 //! - `store`: the cheap, cloneable [`SqliteStore`] handle that sends work to
 //!   those threads.
 //! - `queries`: the SQL behind each trait method.
@@ -34,7 +36,10 @@
 //! or its deletion are appended to the recipients' logs in that same
 //! transaction: an acknowledged message is never without its events, nor
 //! an event without its message. Each user's log numbers its events 1, 2,
-//! 3... The user's row keeps the newest seq and the highest pruned one, so
+//! 3... The user's row keeps the newest seq (counted in memory during a
+//! write transaction and written back before it commits, so a batch that
+//! brings one user many events writes their row once) and the highest
+//! pruned one, so
 //! pruning never restarts the numbering and `events_since` can tell a
 //! client that events it has not seen are gone. Deleting a message also
 //! replaces it by its tombstone in the logged `message.created` events.
@@ -62,6 +67,7 @@
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;
+mod event_counters;
 pub mod options;
 mod queries;
 mod schema;

@@ -26,6 +26,7 @@ use voice_core::wire::{Delivery, Event, Replay};
 
 use crate::error::DbResult;
 use crate::store::SqliteStore;
+use crate::worker::WriteTx;
 
 /// Unix milliseconds: the stored form of every timestamp.
 fn ms(time: OffsetDateTime) -> i64 {
@@ -265,32 +266,19 @@ impl LoggedEvent {
 /// seq. The seq comes from the user's row, which pruning never touches, so
 /// numbering goes on where it was; an unknown user is not found.
 fn append_event(
-    conn: &Connection,
+    tx: &WriteTx<'_>,
     user: UserId,
     event: &Event,
     logged: &LoggedEvent,
     now: OffsetDateTime,
 ) -> DbResult<Delivery> {
-    let user_id = user.to_string();
-    // Read, then write: this runs in the write transaction, so nothing
-    // moves the counter in between. Not `UPDATE ... RETURNING`: SQLite
-    // runs RETURNING as a trigger, which gives the statement its own
-    // journal, and releasing that journal walks every page the job has
-    // journaled so far: quadratic in a group message's recipients (15% of
-    // the server's time in a fan-out profile).
-    let seq: i64 = conn
-        .prepare_cached("SELECT last_event_seq + 1 FROM users WHERE id = ?1")?
-        .query_row([&user_id], |row| row.get(0))
-        .optional()?
-        .ok_or_else(|| Error::not_found("no such user"))?;
-    conn.prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")?
-        .execute(params![user_id, seq])?;
+    let seq = tx.next_event_seq(user)?;
     let (json, message_id) = logged.columns();
-    conn.prepare_cached(
+    tx.prepare_cached(
         "INSERT INTO events (user_id, seq, event, created_at, message_id)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![user_id, seq, json, ms(now), message_id])?;
+    .execute(params![user.to_string(), seq, json, ms(now), message_id])?;
     Ok(Delivery {
         user_id: user,
         seq: seq as u64,
@@ -301,7 +289,7 @@ fn append_event(
 
 /// Appends one event to each of `users`' logs.
 fn deliver(
-    conn: &Connection,
+    tx: &WriteTx<'_>,
     users: &[UserId],
     event: &Event,
     now: OffsetDateTime,
@@ -312,7 +300,7 @@ fn deliver(
     let logged = LoggedEvent::of(event)?;
     users
         .iter()
-        .map(|user| append_event(conn, *user, event, &logged, now))
+        .map(|user| append_event(tx, *user, event, &logged, now))
         .collect()
 }
 

@@ -15,7 +15,7 @@ use voice_core::error::Result;
 use crate::error::DbResult;
 use crate::options::SqliteOptions;
 use crate::schema::{self, open_error};
-use crate::worker::{self, Counters, ReadJob, StoreStats, Write, WriteJob};
+use crate::worker::{self, Counters, ReadJob, StoreStats, Write, WriteJob, WriteTx};
 
 /// The SQLite implementation of [`voice_core::store::Store`]. Cloning is
 /// cheap and shares the same threads; dropping the last clone finishes the
@@ -198,7 +198,7 @@ impl SqliteStore {
     /// once the batch has committed.
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
     where
-        F: FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+        F: FnOnce(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
@@ -362,7 +362,7 @@ mod tests {
         (release, holder)
     }
 
-    fn insert_row(id: i64) -> impl FnOnce(&Connection) -> DbResult<i64> + Send + 'static {
+    fn insert_row(id: i64) -> impl FnOnce(&WriteTx<'_>) -> DbResult<i64> + Send + 'static {
         move |conn| {
             conn.execute("INSERT INTO probe (id) VALUES (?1)", [id])?;
             Ok(id)
@@ -371,7 +371,7 @@ mod tests {
 
     fn spawn_write<T: Send + 'static>(
         store: &SqliteStore,
-        work: impl FnOnce(&Connection) -> DbResult<T> + Send + 'static,
+        work: impl FnOnce(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
     ) -> tokio::task::JoinHandle<Result<T>> {
         let store = store.clone();
         tokio::spawn(async move { store.write(work).await })
@@ -462,6 +462,68 @@ mod tests {
         let stats = store.stats();
         assert_eq!(stats.largest_batch, 4, "{stats:?}");
         assert_eq!(stats.batches, batches_before + 3, "{stats:?}");
+    }
+
+    /// Event seqs are counted in memory during a batch and written back at
+    /// its commit: a write that fails gives back the seqs it took, and the
+    /// writes around it in the same batch number without a gap.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_write_gives_back_the_event_seqs_it_took() {
+        use voice_core::model::Identity;
+        use voice_core::store::{EventStore, UserStore};
+        use voice_core::wire::Event;
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SqliteOptions::default());
+        let identity = Identity {
+            issuer: "https://test.example".to_owned(),
+            subject: "counted".to_owned(),
+            email: None,
+            email_verified: false,
+            name: None,
+            picture: None,
+            hosted_domain: None,
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let user = store.upsert_user(&identity, now).await.unwrap().0.id;
+        let event = Event::FriendRemoved {
+            user_id: voice_core::UserId::new(),
+        };
+        let append = |count: usize| {
+            let store = store.clone();
+            let events = vec![(user, event.clone()); count];
+            tokio::spawn(async move { store.append_events(&events, now).await })
+        };
+
+        let (release, holder) = hold_writer(&store).await;
+        let batches_before = store.stats().batches;
+        let first = append(2);
+        until(|| store.queued_writes() == 1).await;
+        let failing = spawn_write(&store, move |tx| {
+            tx.next_event_seq(user)?;
+            tx.next_event_seq(user)?;
+            Err::<(), _>(Error::bad_request("refused after taking two seqs").into())
+        });
+        until(|| store.queued_writes() == 2).await;
+        let last = append(1);
+        until(|| store.queued_writes() == 3).await;
+        release.send(()).unwrap();
+        holder.await.unwrap();
+
+        let seqs = |deliveries: Vec<voice_core::wire::Delivery>| {
+            deliveries.iter().map(|d| d.seq).collect::<Vec<_>>()
+        };
+        assert_eq!(seqs(first.await.unwrap().unwrap()), [1, 2]);
+        assert_eq!(
+            failing.await.unwrap().unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+        assert_eq!(seqs(last.await.unwrap().unwrap()), [3]);
+        assert_eq!(store.stats().batches, batches_before + 1, "one batch");
+        assert_eq!(store.latest_event_seq(user).await.unwrap(), 3);
+        // The next batch reads the written-back counter.
+        assert_eq!(seqs(append(1).await.unwrap().unwrap()), [4]);
+        store.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

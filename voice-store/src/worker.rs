@@ -7,6 +7,8 @@
 //! their write has committed, and if that commit fails, everybody in the
 //! batch hears an error.
 
+use std::cell::RefCell;
+use std::ops::Deref;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -14,17 +16,48 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crossbeam_channel::Receiver;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
-use voice_core::Error;
 use voice_core::error::Result;
+use voice_core::{Error, UserId};
 
 use crate::error::{DbError, DbResult, sql_error};
+use crate::event_counters::EventCounters;
+
+/// What a write job works with: the writer's connection, inside the
+/// batch's transaction (it derefs to the [`Connection`]), and the event
+/// counters that transaction has moved so far.
+pub(crate) struct WriteTx<'c> {
+    conn: &'c Connection,
+    event_counters: RefCell<EventCounters>,
+}
+
+impl<'c> WriteTx<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            event_counters: RefCell::new(EventCounters::default()),
+        }
+    }
+
+    /// The next seq of `user`'s event log; written to their row at commit.
+    pub(crate) fn next_event_seq(&self, user: UserId) -> DbResult<i64> {
+        self.event_counters.borrow_mut().next(self.conn, user)
+    }
+}
+
+impl Deref for WriteTx<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
 
 /// A write waiting for the writer thread. It is run inside the batch's
 /// transaction, and answered only once the transaction's fate is known.
 pub(crate) trait WriteJob: Send {
     /// Runs the work and keeps its outcome; returns whether it succeeded,
     /// so the writer knows whether to keep or roll back its savepoint.
-    fn run(&mut self, conn: &Connection) -> bool;
+    fn run(&mut self, tx: &WriteTx<'_>) -> bool;
 
     /// Answers the caller: with the kept outcome, or with `failure` when the
     /// transaction did not commit.
@@ -53,14 +86,14 @@ impl<F, T> Write<F, T> {
 
 impl<F, T> WriteJob for Write<F, T>
 where
-    F: FnOnce(&Connection) -> DbResult<T> + Send,
+    F: FnOnce(&WriteTx<'_>) -> DbResult<T> + Send,
     T: Send,
 {
-    fn run(&mut self, conn: &Connection) -> bool {
+    fn run(&mut self, tx: &WriteTx<'_>) -> bool {
         let Some(work) = self.work.take() else {
             return false;
         };
-        let outcome = run_guarded(work, conn);
+        let outcome = run_guarded(work, tx);
         let ok = outcome.is_ok();
         self.outcome = Some(outcome);
         ok
@@ -80,11 +113,8 @@ where
 /// Runs one job's closure, turning its errors (and a panic, which is a bug
 /// in the job) into the caller's error, so that one bad job cannot take
 /// down the thread that every other caller depends on.
-pub(crate) fn run_guarded<T>(
-    work: impl FnOnce(&Connection) -> DbResult<T>,
-    conn: &Connection,
-) -> Result<T> {
-    match catch_unwind(AssertUnwindSafe(|| work(conn))) {
+pub(crate) fn run_guarded<A, T>(work: impl FnOnce(&A) -> DbResult<T>, on: &A) -> Result<T> {
+    match catch_unwind(AssertUnwindSafe(|| work(on))) {
         Ok(result) => result.map_err(DbError::into_error),
         Err(_) => {
             tracing::error!("a store job panicked");
@@ -188,9 +218,11 @@ fn commit_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<()
         Ok(())
     };
     run("BEGIN IMMEDIATE").map_err(|e| sql_error(&e))?;
+    let tx = WriteTx::new(conn);
     for job in batch.iter_mut() {
         run("SAVEPOINT job").map_err(|e| abort(conn, &e))?;
-        let ok = job.run(conn);
+        tx.event_counters.borrow_mut().begin_job();
+        let ok = job.run(&tx);
         // Some errors (disk full, I/O) make SQLite roll back the whole
         // transaction, taking the earlier jobs' work with it.
         if conn.is_autocommit() {
@@ -199,9 +231,14 @@ fn commit_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>]) -> Result<()
         }
         if !ok {
             run("ROLLBACK TO job").map_err(|e| abort(conn, &e))?;
+            tx.event_counters.borrow_mut().roll_back_job();
         }
         run("RELEASE job").map_err(|e| abort(conn, &e))?;
     }
+    tx.event_counters
+        .borrow_mut()
+        .write_back(conn)
+        .map_err(|e| abort(conn, &e))?;
     run("COMMIT").map_err(|e| abort(conn, &e))
 }
 
