@@ -22,80 +22,31 @@ use voice_core::wire::{CallStatus, Event, Recipient, SendMessageRequest, ServerE
 use voice_server::Config;
 use voice_server::config::OidcConfig;
 
-#[allow(dead_code)]
-#[path = "../../voice-server/tests/common/oidc_provider.rs"]
-mod oidc_provider;
+// The server's tests own these harnesses; share them rather than copy.
+#[allow(unused_imports)]
+#[path = "../../voice-server/tests/common/mod.rs"]
+mod common;
 
-use oidc_provider::{CLIENT_ID, CLIENT_SECRET, TestProvider, TestUser};
+use common::TestServer;
+use common::oidc_provider::{CLIENT_ID, CLIENT_SECRET, TestProvider, TestUser};
 
 /// A bound on waiting for something that should happen, so a broken
 /// build fails instead of hanging; not a timing assertion.
 const WAIT: Duration = Duration::from_secs(10);
 
-struct TestServer {
-    addr: SocketAddr,
-    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
-    task: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-    _data: tempfile::TempDir,
-}
-
-impl TestServer {
-    async fn start(configure: impl FnOnce(&mut Config)) -> Self {
-        let data = tempfile::tempdir().unwrap();
-        let mut config = Config {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            data_dir: data.path().to_path_buf(),
-            ..Config::default()
-        };
-        // Tests sign in and send a lot from one address.
-        config.auth.rate_limit_per_minute = 10_000;
-        config.auth.rate_limit_burst = 10_000;
+/// The server's test harness with the per-user message rate lifted: these
+/// tests send many messages from one user.
+async fn start_server(configure: impl FnOnce(&mut Config)) -> TestServer {
+    TestServer::start(|config| {
         config.limits.messages_per_second = 1_000;
         config.limits.messages_burst = 1_000;
-        // Nothing leaves the machine: no public STUN servers, no responder.
-        config.ice.stun_servers = Vec::new();
-        config.ice.responder.enabled = false;
-        configure(&mut config);
-        let server = voice_server::Server::start(config)
-            .await
-            .expect("server starts");
-        let addr = server.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let task = tokio::spawn(server.run(async {
-            let _ = rx.await;
-        }));
-        Self {
-            addr,
-            shutdown: Some(tx),
-            task: Some(task),
-            _data: data,
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(task) = self.task.take() {
-            task.await.unwrap().unwrap();
-        }
-    }
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
+        configure(config);
+    })
+    .await
 }
 
 async fn signed_in(server: &TestServer, name: &str) -> Client {
-    let client = Client::new(&server.url()).unwrap();
+    let client = Client::new(&server.url("")).unwrap();
     client.dev_login(name).await.unwrap();
     client
 }
@@ -161,8 +112,8 @@ fn api_code(result: Result<impl std::fmt::Debug, ClientError>) -> (u16, ErrorCod
 
 #[tokio::test]
 async fn dev_sign_in_friends_and_live_messages() {
-    let server = TestServer::start(|_| {}).await;
-    let alice = Client::new(&server.url()).unwrap();
+    let server = start_server(|_| {}).await;
+    let alice = Client::new(&server.url("")).unwrap();
     let session = alice.dev_login("alice").await.unwrap();
     assert_eq!(session.user.name.as_deref(), Some("alice"));
     assert!(session.session_id().is_some(), "the sid claim is readable");
@@ -252,7 +203,7 @@ async fn dev_sign_in_friends_and_live_messages() {
 
 #[tokio::test]
 async fn history_pages_walk_back_without_gaps() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let bob = signed_in(&server, "bob").await;
     befriend(&alice, &bob).await;
@@ -281,7 +232,7 @@ async fn history_pages_walk_back_without_gaps() {
 
 #[tokio::test]
 async fn server_refusals_keep_their_status_and_code() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let carol = signed_in(&server, "carol").await;
 
@@ -304,7 +255,7 @@ async fn server_refusals_keep_their_status_and_code() {
     );
     assert_eq!(
         api_code(
-            Client::new(&server.url())
+            Client::new(&server.url(""))
                 .unwrap()
                 .dev_login("Not Valid")
                 .await
@@ -315,7 +266,7 @@ async fn server_refusals_keep_their_status_and_code() {
     assert_eq!(error.code(), Some(ErrorCode::Forbidden));
 
     // Without a session nothing is even sent.
-    let anonymous = Client::new(&server.url()).unwrap();
+    let anonymous = Client::new(&server.url("")).unwrap();
     assert!(matches!(
         anonymous.me().await,
         Err(ClientError::NotSignedIn(_))
@@ -350,7 +301,7 @@ async fn a_closed_port_is_unreachable_and_named() {
 async fn access_tokens_refresh_ahead_of_expiry_once_for_concurrent_requests() {
     // With a 4 s lifetime the client refreshes from 2 s on, while the
     // token is still good: any refresh seen is a proactive one.
-    let server = TestServer::start(|config| config.auth.access_token_ttl_secs = 4).await;
+    let server = start_server(|config| config.auth.access_token_ttl_secs = 4).await;
     let alice = signed_in(&server, "alice").await;
     let first = alice.session().unwrap();
     let refreshes = Arc::new(AtomicUsize::new(0));
@@ -394,19 +345,19 @@ async fn access_tokens_refresh_ahead_of_expiry_once_for_concurrent_requests() {
         .clone()
         .expect("the listener got the new session");
     assert_eq!(stored.refresh_token, second.refresh_token);
-    assert_eq!(stored.server_url, server.url());
+    assert_eq!(stored.server_url, server.url(""));
 }
 
 #[tokio::test]
 async fn a_401_refreshes_and_retries_once_and_a_refused_refresh_signs_out() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let good = alice.session().unwrap();
     // Forget the original client: its refresh token is about to be spent.
     drop(alice);
 
     let stale = Client::with_session(
-        &server.url(),
+        &server.url(""),
         Session {
             access_token: "not-a-valid-token".into(),
             ..good.clone()
@@ -424,7 +375,7 @@ async fn a_401_refreshes_and_retries_once_and_a_refused_refresh_signs_out() {
 
     let ended = Arc::new(Mutex::new(false));
     let hopeless = Client::with_session(
-        &server.url(),
+        &server.url(""),
         Session {
             access_token: "not-a-valid-token".into(),
             refresh_token: "vrt_not-a-valid-token".into(),
@@ -444,7 +395,7 @@ async fn a_401_refreshes_and_retries_once_and_a_refused_refresh_signs_out() {
 
 #[tokio::test]
 async fn saved_sessions_restore_a_device() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let saved = alice.saved_session().unwrap();
     let text = serde_json::to_string(&saved).unwrap();
@@ -475,7 +426,7 @@ async fn saved_sessions_restore_a_device() {
 
 #[tokio::test]
 async fn reconnects_resume_with_since_exactly_once() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let bob = signed_in(&server, "bob").await;
     befriend(&alice, &bob).await;
@@ -593,7 +544,7 @@ async fn reconnects_resume_with_since_exactly_once() {
 
 #[tokio::test]
 async fn ending_the_session_ends_the_stream() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let bob = signed_in(&server, "bob").await;
     let mut stream = bob.events().await.unwrap();
     wait_for(&mut stream, connected).await;
@@ -618,7 +569,7 @@ async fn ending_the_session_ends_the_stream() {
 
 #[tokio::test]
 async fn groups_calls_blocks_and_the_rest_of_the_api() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let bob = signed_in(&server, "bob").await;
     let carol = signed_in(&server, "carol").await;
@@ -731,7 +682,7 @@ async fn groups_calls_blocks_and_the_rest_of_the_api() {
 
 #[tokio::test]
 async fn signaling_over_the_websocket() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let bob = signed_in(&server, "bob").await;
     befriend(&alice, &bob).await;
@@ -836,7 +787,7 @@ fn browser() -> (OpenUrl, tokio::sync::oneshot::Receiver<Vec<(String, u16)>>) {
 async fn browser_sign_in_through_the_loopback_redirect() {
     let provider = TestProvider::start().await;
     let issuer = provider.issuer();
-    let server = TestServer::start(move |config| {
+    let server = start_server(move |config| {
         config.auth.oidc = Some(OidcConfig {
             issuer_url: issuer,
             client_id: CLIENT_ID.into(),
@@ -847,7 +798,7 @@ async fn browser_sign_in_through_the_loopback_redirect() {
     })
     .await;
 
-    let alice = Client::new(&server.url()).unwrap();
+    let alice = Client::new(&server.url("")).unwrap();
     let (open, seen) = browser();
     let session = alice
         .browser_login(BrowserLogin {
@@ -866,7 +817,7 @@ async fn browser_sign_in_through_the_loopback_redirect() {
 
     // A second user, then a friend request by email address.
     provider.sign_in_as(TestUser::new("bob-sub", "bob@example.com"));
-    let bob = Client::new(&server.url()).unwrap();
+    let bob = Client::new(&server.url("")).unwrap();
     let (open, _) = browser();
     bob.browser_login(BrowserLogin {
         timeout: WAIT,
@@ -890,15 +841,15 @@ async fn browser_sign_in_through_the_loopback_redirect() {
     );
     // Dev sign-in is off next to a provider.
     assert_eq!(
-        api_code(Client::new(&server.url()).unwrap().dev_login("eve").await),
+        api_code(Client::new(&server.url("")).unwrap().dev_login("eve").await),
         (404, ErrorCode::NotFound)
     );
 }
 
 #[tokio::test]
 async fn a_browser_that_never_comes_back_times_out() {
-    let server = TestServer::start(|_| {}).await;
-    let client = Client::new(&server.url()).unwrap();
+    let server = start_server(|_| {}).await;
+    let client = Client::new(&server.url("")).unwrap();
     let pending = client
         .start_browser_login(Duration::from_millis(200))
         .await
@@ -955,7 +906,7 @@ fn refusal(result: Result<Message, ClientError>) -> (u16, ErrorCode, String) {
 
 #[tokio::test]
 async fn socket_sends_are_pipelined_and_each_caller_gets_its_own_answer() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let bob = signed_in(&server, "bob").await;
     befriend(&alice, &bob).await;
@@ -1035,7 +986,7 @@ async fn socket_sends_are_pipelined_and_each_caller_gets_its_own_answer() {
 
 #[tokio::test]
 async fn socket_refusals_are_the_errors_http_gives() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let bob = signed_in(&server, "bob").await;
     let carol = signed_in(&server, "carol").await;
@@ -1106,7 +1057,7 @@ async fn socket_refusals_are_the_errors_http_gives() {
 
 #[tokio::test]
 async fn sends_while_the_socket_is_down_go_over_http_once() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let bob = signed_in(&server, "bob").await;
     befriend(&alice, &bob).await;
@@ -1143,7 +1094,7 @@ async fn sends_while_the_socket_is_down_go_over_http_once() {
 
 #[tokio::test]
 async fn one_client_id_over_the_socket_and_over_http_is_one_message() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let alice = signed_in(&server, "alice").await;
     let bob = signed_in(&server, "bob").await;
     befriend(&alice, &bob).await;
@@ -1282,7 +1233,7 @@ async fn relay(
 
 #[tokio::test]
 async fn a_socket_lost_before_the_answer_falls_back_with_the_same_client_id() {
-    let server = TestServer::start(|_| {}).await;
+    let server = start_server(|_| {}).await;
     let proxy = Proxy::start(server.addr).await;
     // Alice reaches the server only through the proxy, bob directly.
     let alice = Client::new(&proxy.url()).unwrap();
