@@ -255,6 +255,13 @@ pub struct WsConfig {
     pub max_tickets: usize,
     /// Events read from the store per batch while replaying `since`.
     pub replay_batch: u32,
+    /// Milliseconds a live event that came before an earlier one (both
+    /// published, each by the task that committed it) waits for it before
+    /// the gap is filled from the store.
+    pub reorder_wait_ms: u64,
+    /// Most live events a connection holds behind such a gap; past this
+    /// it fills the gap from the store at once.
+    pub reorder_max_events: usize,
 }
 
 impl Default for WsConfig {
@@ -271,6 +278,8 @@ impl Default for WsConfig {
             ticket_ttl_secs: 30,
             max_tickets: 10_000,
             replay_batch: 500,
+            reorder_wait_ms: 20,
+            reorder_max_events: 256,
         }
     }
 }

@@ -19,6 +19,7 @@ pub mod bus;
 pub mod calls;
 pub mod config;
 pub mod error;
+pub mod event_order;
 pub mod friends;
 pub mod groups;
 pub mod health;

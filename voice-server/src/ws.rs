@@ -19,8 +19,9 @@
 //!
 //! After any replay the device gets `ready` with its current `latest_seq`.
 //! Live events can be published out of order (each by the task that
-//! committed it); a gap in `seq` is filled from the store, so a device
-//! sees its events once each, in order.
+//! committed it): one that comes early waits for those before it (see
+//! [`crate::event_order`]), and a gap that stays open is filled from the
+//! store, so a device sees its events once each, in order.
 //!
 //! Close codes: 1001 server shutting down; 1002 malformed frame; 1009
 //! inbound message too large; 1011 server error; 4001 the session ended
@@ -57,6 +58,7 @@ use crate::auth::flows::lock;
 use crate::auth::tokens::{hash_token, random_token};
 use crate::calls::routes::call_error;
 use crate::error::{ApiError, ApiResult, Json, Query};
+use crate::event_order::EventOrder;
 use crate::messages::{can_send, check_message_rate, participants, send_message};
 use crate::notify::publish_ephemeral;
 use crate::state::AppState;
@@ -297,7 +299,7 @@ async fn serve(
 ) -> Option<Close> {
     // Subscribed before replaying: an event stored during the replay is
     // either replayed or arrives live, and `last_seq` drops the repeat.
-    let mut last_seq = match since {
+    let last_seq = match since {
         Some(since) => match replay(state, user.user_id, since, link).await {
             Ok(Some(seq)) => seq,
             Ok(None) => return None,
@@ -325,6 +327,11 @@ async fn serve(
     }
 
     let config = &state.config.ws;
+    let mut order = EventOrder::new(
+        last_seq,
+        Duration::from_millis(config.reorder_wait_ms),
+        config.reorder_max_events,
+    );
     let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
     let mut ping = tokio::time::interval(Duration::from_secs(config.ping_interval_secs));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -338,8 +345,17 @@ async fn serve(
                 // Boxed, once per wake-up: the writes' state would
                 // otherwise be part of every idle connection's future
                 // (measured: about 600 bytes per idle connection).
-                let forwarded = forward_queued(state, user, link, &mut last_seq, event, subscription.as_mut());
+                let forwarded = forward_queued(state, user, link, &mut order, event, subscription.as_mut());
                 if let Err(close) = Box::pin(forwarded).await {
+                    return close;
+                }
+            }
+            () = gap_deadline(order.deadline()) => {
+                let filled = async {
+                    fill_gap(state, user, link, &mut order).await?;
+                    link.flush().await.map_err(|()| None)
+                };
+                if let Err(close) = Box::pin(filled).await {
                     return close;
                 }
             }
@@ -399,14 +415,14 @@ async fn forward_queued(
     state: &AppState,
     user: AuthUser,
     link: &mut Link,
-    last_seq: &mut u64,
+    order: &mut EventOrder,
     first: Result<ServerEvent, SubscriptionEnd>,
     subscription: &mut dyn voice_core::bus::Subscription,
 ) -> Result<(), Option<Close>> {
     let mut next = Some(first);
     let mut taken = 0;
     while let Some(event) = next.take() {
-        forward(state, user, link, last_seq, event).await?;
+        forward(state, user, link, order, event).await?;
         taken += 1;
         if taken < COALESCE_EVENTS {
             next = subscription.next().now_or_never();
@@ -415,14 +431,14 @@ async fn forward_queued(
     link.flush().await.map_err(|()| None)
 }
 
-/// Passes one event from the bus to the device (written, not yet flushed),
-/// in `seq` order and without repeats. `Err` ends the connection, with the
-/// close to send if any.
+/// Passes one event from the bus to the device (written, not yet flushed):
+/// stored ones in `seq` order and without repeats, through `order`.
+/// `Err` ends the connection, with the close to send if any.
 async fn forward(
     state: &AppState,
     user: AuthUser,
     link: &mut Link,
-    last_seq: &mut u64,
+    order: &mut EventOrder,
     event: Result<ServerEvent, SubscriptionEnd>,
 ) -> Result<(), Option<Close>> {
     let event = match event {
@@ -444,27 +460,51 @@ async fn forward(
             reason: "session ended",
         }));
     }
-    if let Some(seq) = event.seq {
-        if seq <= *last_seq {
-            return Ok(());
-        }
-        if seq > *last_seq + 1 {
-            // Events are published after their commit, by whichever task
-            // committed them, so they can arrive out of order. Everything
-            // up to `seq` is committed by now: take the gap from the
-            // store, in order.
-            match replay(state, user.user_id, *last_seq, link).await {
-                Ok(Some(seq)) => *last_seq = seq,
-                Ok(None) => return Err(None),
-                Err(()) => return Err(Some(Close::SERVER_ERROR)),
-            }
-            if seq <= *last_seq {
-                return Ok(());
-            }
-        }
-        *last_seq = seq;
+    if event.seq.is_none() {
+        return link.feed(&event).await.map_err(|()| None);
     }
-    link.feed(&event).await.map_err(|()| None)
+    let now = Instant::now();
+    order.push(event, now);
+    feed_ready(link, order).await?;
+    if order.must_fill(now) {
+        fill_gap(state, user, link, order).await?;
+    }
+    Ok(())
+}
+
+/// Writes the held events that are next in order.
+async fn feed_ready(link: &mut Link, order: &mut EventOrder) -> Result<(), Option<Close>> {
+    while let Some(event) = order.pop_ready() {
+        link.feed(&event).await.map_err(|()| None)?;
+    }
+    Ok(())
+}
+
+/// Sends what the store holds after the device's last seq (everything
+/// published is committed, so that covers the gap), then what was held
+/// behind the gap.
+async fn fill_gap(
+    state: &AppState,
+    user: AuthUser,
+    link: &mut Link,
+    order: &mut EventOrder,
+) -> Result<(), Option<Close>> {
+    // What was fed must reach the socket before what the replay sends.
+    link.flush().await.map_err(|()| None)?;
+    match replay(state, user.user_id, order.last_seq(), link).await {
+        Ok(Some(seq)) => order.filled_up_to(seq, Instant::now()),
+        Ok(None) => return Err(None),
+        Err(()) => return Err(Some(Close::SERVER_ERROR)),
+    }
+    feed_ready(link, order).await
+}
+
+/// Completes at `deadline`; never without one.
+async fn gap_deadline(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Completes once the server starts shutting down.

@@ -8,6 +8,9 @@ use std::collections::BTreeSet;
 use common::TestServer;
 use common::client::{Ended, User, befriend, direct_conversation};
 use serde_json::{Value, json};
+use time::OffsetDateTime;
+use voice_core::UserId;
+use voice_core::wire::Event;
 
 async fn server() -> TestServer {
     TestServer::start(|config| {
@@ -985,6 +988,69 @@ async fn a_live_socket_gets_every_event_once_in_order_under_concurrent_senders()
     for task in tasks {
         task.await.unwrap();
     }
+}
+
+/// Bob's device, given a stored event that was never published (as when
+/// the request that committed it is cancelled before publishing) and then
+/// `live` messages that were: it must get all of them once each, in
+/// order, with the missing one from the store.
+async fn an_unpublished_event_is_filled_in(
+    reorder_wait_ms: u64,
+    reorder_max_events: usize,
+    live: usize,
+) {
+    let server = TestServer::start(|config| {
+        config.ws.reorder_wait_ms = reorder_wait_ms;
+        config.ws.reorder_max_events = reorder_max_events;
+    })
+    .await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
+    befriend(&alice, &bob).await;
+    let mut socket = bob.connect(None).await;
+    let latest = socket.next_of("ready").await["latest_seq"]
+        .as_u64()
+        .unwrap();
+
+    let alice_id: UserId = alice.id.parse().unwrap();
+    let unpublished = server
+        .state
+        .store
+        .append_events(
+            &[(
+                bob.id.parse().unwrap(),
+                Event::FriendRemoved { user_id: alice_id },
+            )],
+            OffsetDateTime::now_utc(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(unpublished[0].seq, latest + 1);
+    for i in 0..live {
+        alice.message(&bob, &format!("live {i}")).await;
+    }
+
+    let event = socket.next_stored().await;
+    assert_eq!(
+        (seq(&event), event["type"].as_str()),
+        (latest + 1, Some("friend.removed"))
+    );
+    for i in 0..live {
+        let event = socket.next_stored().await;
+        assert_eq!(seq(&event), latest + 2 + i as u64, "in order, no repeat");
+        assert_eq!(event["message"]["body"], format!("live {i}"));
+    }
+}
+
+#[tokio::test]
+async fn a_gap_that_stays_open_is_filled_from_the_store_after_the_wait() {
+    an_unpublished_event_is_filled_in(50, 256, 2).await;
+}
+
+#[tokio::test]
+async fn a_gap_holding_back_too_many_events_is_filled_at_once() {
+    // Ten minutes: only the count can trigger the fill before the test's
+    // wait for an event runs out.
+    an_unpublished_event_is_filled_in(600_000, 2, 3).await;
 }
 
 #[tokio::test]
