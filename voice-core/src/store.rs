@@ -183,7 +183,10 @@ pub trait EventStore: Send + Sync {
     /// The `seq` of `user`'s newest event (0 if none ever).
     async fn latest_event_seq(&self, user: UserId) -> Result<u64>;
 
-    /// Drops events created before `before`. Returns how many.
+    /// Drops, from the start of each user's log, the events created before
+    /// `before`; the first one to keep ends the run, so a log never gets a
+    /// hole (an old event logged after a newer one waits for that one).
+    /// Returns how many were dropped.
     async fn prune_events(&self, before: OffsetDateTime) -> Result<u64>;
 }
 

@@ -1615,6 +1615,25 @@ pub async fn event_pruning(store: &dyn Store) {
         .unwrap();
     assert_eq!(next[0].seq, 2);
     assert_eq!(replay(v, 1).await.unwrap(), Replay::Events(next));
+
+    // A log loses only its leading old events: one dated before the cut
+    // but logged after a newer one stays, so the log has no hole.
+    let w = new_user(store).await.id;
+    let mut logged = Vec::new();
+    for at in [base, base + hour * 3, base] {
+        logged.extend(store.append_events(&[(w, event())], at).await.unwrap());
+    }
+    let removed = store.prune_events(base + hour).await.unwrap();
+    assert!(removed >= 1, "pruned {removed}");
+    assert_eq!(
+        replay(w, 0).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 3 }
+    );
+    assert_eq!(
+        replay(w, 1).await.unwrap(),
+        Replay::Events(logged[1..].to_vec()),
+        "the old event behind a newer one is kept"
+    );
 }
 
 /// A call's record through its life: recorded as it starts or already

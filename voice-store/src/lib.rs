@@ -41,7 +41,10 @@
 //! brings one user many events writes their row once) and the highest
 //! pruned one, so
 //! pruning never restarts the numbering and `events_since` can tell a
-//! client that events it has not seen are gone. Deleting a message also
+//! client that events it has not seen are gone. Pruning takes the old
+//! events from the start of each user's log, walking the logs through
+//! their primary key a batch of users per write (there is no index by
+//! date, which every event would pay for). Deleting a message also
 //! replaces it by its tombstone in the logged `message.created` events.
 //!
 //! # Durability

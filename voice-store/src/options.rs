@@ -64,6 +64,10 @@ pub struct SqliteOptions {
     /// the writes go on. Most pages are already copied by then, so the
     /// writer's checkpoint is short.
     pub max_wal_pages: u32,
+    /// Users whose old events one write transaction prunes. Pruning walks
+    /// every user's log, a batch of users at a time, so that other writes
+    /// go on between the batches. At least one.
+    pub prune_users_per_write: usize,
 }
 
 impl Default for SqliteOptions {
@@ -75,6 +79,7 @@ impl Default for SqliteOptions {
             max_batch: 1024,
             checkpoint_interval: Duration::from_millis(200),
             max_wal_pages: 8000,
+            prune_users_per_write: 1000,
         }
     }
 }

@@ -1248,26 +1248,70 @@ impl EventStore for SqliteStore {
     }
 
     async fn prune_events(&self, before: OffsetDateTime) -> Result<u64> {
-        self.write(move |conn| {
-            let before = ms(before);
-            // First remember, per user, the newest seq about to go. Left
-            // to itself the planner prefers scanning the whole log in
-            // primary-key order (it groups by user for free); the old end
-            // of the log is usually far smaller.
-            conn.prepare_cached(
-                "UPDATE users SET pruned_event_seq = p.seq
-                 FROM (SELECT user_id, max(seq) AS seq FROM events INDEXED BY events_by_created_at
-                       WHERE created_at < ?1 GROUP BY user_id) AS p
-                 WHERE users.id = p.user_id AND p.seq > users.pruned_event_seq",
-            )?
-            .execute([before])?;
-            let removed = conn
-                .prepare_cached("DELETE FROM events WHERE created_at < ?1")?
-                .execute([before])?;
-            Ok(removed as u64)
-        })
-        .await
+        let before = ms(before);
+        let per_write = self.prune_users_per_write();
+        let mut removed = 0;
+        let mut after = String::new();
+        loop {
+            let cursor = after.clone();
+            let (chunk_removed, last_user) = self
+                .write(move |conn| prune_users_after(conn, &cursor, before, per_write))
+                .await?;
+            removed += chunk_removed;
+            match last_user {
+                Some(user) => after = user,
+                None => return Ok(removed),
+            }
+        }
     }
+}
+
+/// Prunes the logs of the `limit` users after `after` (by id; "" starts at
+/// the first): each loses its leading events created before `before`, and
+/// its row remembers the newest seq pruned. Returns the events removed and
+/// the user to go on after, `None` once every user has been looked at.
+///
+/// Only the leading run goes, so a log stays one unbroken run of seqs and
+/// the walk stops at its first event to keep. Events enter a log in commit
+/// order and are dated as they are created, so an older one behind a newer
+/// one is rare, and it is kept only until that newer one is pruned.
+fn prune_users_after(
+    conn: &Connection,
+    after: &str,
+    before: i64,
+    limit: usize,
+) -> DbResult<(u64, Option<String>)> {
+    let users = conn
+        .prepare_cached("SELECT id FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?
+        .query_map(params![after, limit as i64], |row| row.get::<_, String>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut removed = 0;
+    for user in &users {
+        let first_kept: Option<i64> = conn
+            .prepare_cached(
+                "SELECT seq FROM events WHERE user_id = ?1 AND created_at >= ?2
+                 ORDER BY seq LIMIT 1",
+            )?
+            .query_row(params![user, before], |row| row.get(0))
+            .optional()?;
+        let last_pruned: Option<i64> = conn
+            .prepare_cached("SELECT max(seq) FROM events WHERE user_id = ?1 AND seq < ?2")?
+            .query_row(params![user, first_kept.unwrap_or(i64::MAX)], |row| {
+                row.get(0)
+            })?;
+        let Some(last_pruned) = last_pruned else {
+            continue;
+        };
+        removed += conn
+            .prepare_cached("DELETE FROM events WHERE user_id = ?1 AND seq <= ?2")?
+            .execute(params![user, last_pruned])? as u64;
+        conn.prepare_cached(
+            "UPDATE users SET pruned_event_seq = max(pruned_event_seq, ?2) WHERE id = ?1",
+        )?
+        .execute(params![user, last_pruned])?;
+    }
+    let more = users.len() == limit;
+    Ok((removed, users.last().filter(|_| more).cloned()))
 }
 
 /// A user's events after a seq, each `message.created` with its message

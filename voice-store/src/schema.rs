@@ -222,6 +222,13 @@ const MIGRATIONS: &[&str] = &[
     UPDATE events SET event = '' WHERE message_id IS NOT NULL;
     DROP INDEX events_by_message;
     ",
+    // 6: pruning walks each user's log from its old end.
+    "
+    -- Every event paid for an entry here, for pruning alone: a message to
+    -- a group of 100 wrote 99 of them. Pruning now takes each user's
+    -- oldest events in seq order, through the primary key.
+    DROP INDEX events_by_created_at;
+    ",
 ];
 
 /// The schema version this build creates and understands.
@@ -621,6 +628,41 @@ mod tests {
             )
             .unwrap();
         assert_eq!(index, 0, "nothing looks events up by message any more");
+    }
+
+    #[test]
+    fn migration_6_drops_the_events_date_index_and_keeps_the_events() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate_with(&mut conn, &MIGRATIONS[..5]).unwrap();
+        let user = "00000000-0000-7000-8000-00000000000a";
+        conn.execute(
+            "INSERT INTO users (id, issuer, subject, created_at)
+             VALUES (?1, 'https://old.example', ?1, 0)",
+            [user],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO events (user_id, seq, event, created_at) VALUES (?1, 1, '{}', 5)",
+            [user],
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+        let index: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_schema WHERE name = 'events_by_created_at'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(index, 0);
+        let kept: (i64, i64) = conn
+            .query_row("SELECT seq, created_at FROM events", [], |row| {
+                Ok((row.get(0)?, row.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(kept, (1, 5));
     }
 
     #[test]

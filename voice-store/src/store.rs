@@ -32,6 +32,7 @@ struct Inner {
     writes: Sender<Box<dyn WriteJob>>,
     reads: Sender<ReadJob>,
     counters: Arc<Counters>,
+    prune_users_per_write: usize,
     #[expect(dead_code, reason = "only ever dropped, which joins the threads")]
     threads: Threads,
 }
@@ -137,6 +138,7 @@ impl SqliteStore {
                 writes,
                 reads,
                 counters,
+                prune_users_per_write: options.prune_users_per_write.max(1),
                 threads,
             }),
         })
@@ -196,6 +198,11 @@ impl SqliteStore {
     /// Runs `work` on the writer thread, inside the next batch's transaction
     /// and its own savepoint: an error rolls back only this work. Answers
     /// once the batch has committed.
+    /// See [`SqliteOptions::prune_users_per_write`].
+    pub(crate) fn prune_users_per_write(&self) -> usize {
+        self.inner.prune_users_per_write
+    }
+
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
     where
         F: FnOnce(&WriteTx<'_>) -> DbResult<T> + Send + 'static,

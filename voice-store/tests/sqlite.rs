@@ -523,3 +523,39 @@ async fn stun_overrides_break_ties_by_url_and_keep_the_first_place() {
     );
     store.close().await;
 }
+
+#[tokio::test]
+async fn pruning_goes_through_every_user_a_batch_at_a_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("voice.db"),
+        SqliteOptions {
+            prune_users_per_write: 2,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let old = at_second(1_000);
+    let mut users = Vec::new();
+    for _ in 0..5 {
+        let user = a_user(&store).await;
+        let logged = store
+            .append_events(&[(user.id, Event::FriendRemoved { user_id: user.id })], old)
+            .await
+            .unwrap();
+        assert_eq!(logged[0].seq, 1);
+        users.push(user);
+    }
+    let writes_before = store.stats().writes;
+
+    let removed = store.prune_events(at_second(2_000)).await.unwrap();
+    assert_eq!(removed, 5);
+    for user in &users {
+        assert_eq!(
+            store.events_since(user.id, 0, 10).await.unwrap(),
+            Replay::ResyncRequired { latest_seq: 1 }
+        );
+    }
+    // Five users, two per write: three writes, the last one short.
+    assert_eq!(store.stats().writes - writes_before, 3);
+}
