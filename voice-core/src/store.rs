@@ -221,6 +221,17 @@ pub trait GroupStore: Send + Sync {
 
     async fn list_group_members(&self, group: GroupId) -> Result<Vec<GroupMember>>;
 
+    /// The current members' ids, in no particular order: all that
+    /// delivering to the group needs, read for every group message.
+    async fn group_member_ids(&self, group: GroupId) -> Result<Vec<UserId>> {
+        Ok(self
+            .list_group_members(group)
+            .await?
+            .into_iter()
+            .map(|member| member.user_id)
+            .collect())
+    }
+
     async fn list_user_groups(&self, user: UserId) -> Result<Vec<Group>>;
 }
 

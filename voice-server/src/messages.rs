@@ -54,14 +54,26 @@ pub fn check_message_rate(state: &AppState, user: UserId) -> ApiResult<()> {
 pub async fn participants(state: &AppState, conversation: Conversation) -> ApiResult<Vec<UserId>> {
     Ok(match conversation {
         Conversation::Direct { low, high } => vec![low, high],
-        Conversation::Group(group) => state
-            .store
-            .list_group_members(group)
-            .await?
-            .into_iter()
-            .map(|member| member.user_id)
-            .collect(),
+        Conversation::Group(group) => state.store.group_member_ids(group).await?,
     })
+}
+
+/// The users a message from `sender` to `conversation` goes to, or `None`
+/// if `sender` may not send there: one read for a group, whose members
+/// are both the check and the recipients.
+async fn recipients_if_allowed(
+    state: &AppState,
+    sender: UserId,
+    conversation: Conversation,
+) -> ApiResult<Option<Vec<UserId>>> {
+    if let Conversation::Group(_) = conversation {
+        let members = participants(state, conversation).await?;
+        return Ok(members.contains(&sender).then_some(members));
+    }
+    if !can_send(state, sender, conversation).await? {
+        return Ok(None);
+    }
+    Ok(Some(participants(state, conversation).await?))
 }
 
 /// Whether `user` may send to `conversation` now.
@@ -135,14 +147,13 @@ pub async fn send_message(
         // A group one is not in answers like one that does not exist.
         Recipient::Group(group) => Conversation::Group(group),
     };
-    if !can_send(state, sender, conversation).await? {
+    let Some(recipients) = recipients_if_allowed(state, sender, conversation).await? else {
         return Err(Error::forbidden(match conversation {
             Conversation::Direct { .. } => "you can only message your friends",
             Conversation::Group(_) => "you are not a member of this group",
         })
         .into());
-    }
-    let recipients = participants(state, conversation).await?;
+    };
     let inserted = state
         .store
         .insert_message(

@@ -1416,6 +1416,17 @@ pub async fn groups(store: &dyn Store) {
             .all(|member| member.user_id != m2),
         "a former member is not listed"
     );
+    let mut listed: Vec<UserId> = store
+        .list_group_members(group.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|member| member.user_id)
+        .collect();
+    let mut member_ids = store.group_member_ids(group.id).await.unwrap();
+    listed.sort();
+    member_ids.sort();
+    assert_eq!(member_ids, listed, "the ids are the listed members'");
 
     let later = new_group(m2, t1);
     store.create_group(&later, &[m1]).await.unwrap();

@@ -1175,6 +1175,19 @@ impl GroupStore for SqliteStore {
         .await
     }
 
+    async fn group_member_ids(&self, group: GroupId) -> Result<Vec<UserId>> {
+        self.read(move |conn| {
+            let mut statement = conn.prepare_cached(
+                "SELECT user_id FROM group_members WHERE group_id = ?1 AND left_seq IS NULL",
+            )?;
+            let members = statement
+                .query_map([group.to_string()], |row| parse_at(row, 0))?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            Ok(members)
+        })
+        .await
+    }
+
     async fn list_user_groups(&self, user: UserId) -> Result<Vec<Group>> {
         self.read(move |conn| {
             let mut statement = conn.prepare_cached(&format!(
