@@ -592,6 +592,41 @@ mod tests {
         store.close().await;
     }
 
+    #[tokio::test]
+    async fn a_failing_write_alone_in_its_transaction_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SqliteOptions::default());
+        with_probe_table(&store).await;
+        let batches_before = store.stats().batches;
+        let failed = store
+            .write(|conn| -> DbResult<i64> {
+                insert_row(1)(conn)?;
+                Err(DbError::Api(voice_core::Error::bad_request(
+                    "changed my mind",
+                )))
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(failed.code, ErrorCode::BadRequest);
+        let panicked = store
+            .write(|conn| -> DbResult<i64> {
+                insert_row(2)(conn)?;
+                panic!("a bug in a job");
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(panicked.code, ErrorCode::Internal);
+        let stats = store.stats();
+        assert_eq!(stats.batches, batches_before + 2, "each alone: {stats:?}");
+        assert_eq!(stats.failed_batches, 0, "the job failed, not the batch");
+        assert!(!row_exists(&store, 1).await);
+        assert!(!row_exists(&store, 2).await);
+        // The next write starts a clean transaction.
+        assert_eq!(store.write(insert_row(3)).await.unwrap(), 3);
+        assert!(row_exists(&store, 3).await);
+        store.close().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failed_commit_fails_every_write_in_the_batch() {
         let dir = tempfile::tempdir().unwrap();
