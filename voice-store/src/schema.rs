@@ -582,11 +582,11 @@ mod tests {
         assert_eq!(count("stun_overrides"), 3);
     }
 
-    #[test]
-    fn migration_5_points_message_events_at_their_message() {
+    /// A database at schema `version`, with one user; returns the user's id.
+    fn database_with_a_user(version: usize) -> (Connection, &'static str) {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.pragma_update(None, "foreign_keys", true).unwrap();
-        migrate_with(&mut conn, &MIGRATIONS[..4]).unwrap();
+        migrate_with(&mut conn, &MIGRATIONS[..version]).unwrap();
         let user = "00000000-0000-7000-8000-00000000000a";
         conn.execute(
             "INSERT INTO users (id, issuer, subject, created_at)
@@ -594,6 +594,23 @@ mod tests {
             [user],
         )
         .unwrap();
+        (conn, user)
+    }
+
+    /// Whether the schema has a table or index called `name`.
+    fn has_object(conn: &Connection, name: &str) -> bool {
+        conn.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
+            [name],
+            |row| row.get::<_, i64>(0),
+        )
+        .unwrap()
+            > 0
+    }
+
+    #[test]
+    fn migration_5_points_message_events_at_their_message() {
+        let (mut conn, user) = database_with_a_user(4);
         let created = r#"{"type":"message.created","message":{"body":"hello"}}"#;
         let other = r#"{"type":"friend.accepted"}"#;
         conn.execute(
@@ -620,27 +637,15 @@ mod tests {
             ],
             "the body is gone from the log; other events stay as they were"
         );
-        let index: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE name = 'events_by_message'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(index, 0, "nothing looks events up by message any more");
+        assert!(
+            !has_object(&conn, "events_by_message"),
+            "nothing looks events up by message any more"
+        );
     }
 
     #[test]
     fn migration_6_drops_the_events_date_index_and_keeps_the_events() {
-        let mut conn = Connection::open_in_memory().unwrap();
-        migrate_with(&mut conn, &MIGRATIONS[..5]).unwrap();
-        let user = "00000000-0000-7000-8000-00000000000a";
-        conn.execute(
-            "INSERT INTO users (id, issuer, subject, created_at)
-             VALUES (?1, 'https://old.example', ?1, 0)",
-            [user],
-        )
-        .unwrap();
+        let (mut conn, user) = database_with_a_user(5);
         conn.execute(
             "INSERT INTO events (user_id, seq, event, created_at) VALUES (?1, 1, '{}', 5)",
             [user],
@@ -649,14 +654,7 @@ mod tests {
 
         migrate(&mut conn).unwrap();
         assert_eq!(version(&conn), SCHEMA_VERSION);
-        let index: i64 = conn
-            .query_row(
-                "SELECT count(*) FROM sqlite_schema WHERE name = 'events_by_created_at'",
-                [],
-                |row| row.get(0),
-            )
-            .unwrap();
-        assert_eq!(index, 0);
+        assert!(!has_object(&conn, "events_by_created_at"));
         let kept: (i64, i64) = conn
             .query_row("SELECT seq, created_at FROM events", [], |row| {
                 Ok((row.get(0)?, row.get(1)?))
