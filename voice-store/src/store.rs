@@ -195,14 +195,14 @@ impl SqliteStore {
         self.inner.writes.len()
     }
 
-    /// Runs `work` on the writer thread, inside the next batch's transaction
-    /// and its own savepoint: an error rolls back only this work. Answers
-    /// once the batch has committed.
     /// See [`SqliteOptions::prune_users_per_write`].
     pub(crate) fn prune_users_per_write(&self) -> usize {
         self.inner.prune_users_per_write
     }
 
+    /// Runs `work` on the writer thread, inside the next batch's transaction
+    /// (and its own savepoint when it shares the batch): an error rolls back
+    /// only this work. Answers once the batch has committed.
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
     where
         F: FnOnce(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
