@@ -252,9 +252,6 @@ fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> Result<JoinHandl
 /// The writer's page cache, in KiB.
 const WRITER_CACHE_KIB: usize = 64 * 1024;
 
-/// Opens one connection with the pragmas every connection needs. Readers
-/// are `query_only` rather than opened read-only, so that whichever
-/// connection closes last may checkpoint the WAL.
 /// What a connection is for; each gets only the settings its job needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -266,6 +263,9 @@ enum Role {
     Checkpointer,
 }
 
+/// Opens one connection with the pragmas every connection needs. Readers
+/// are `query_only` rather than opened read-only, so that whichever
+/// connection closes last may checkpoint the WAL.
 fn connect(path: &Path, options: &SqliteOptions, role: Role) -> Result<Connection> {
     let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
