@@ -1266,7 +1266,7 @@ impl EventStore for SqliteStore {
         let mut removed = 0;
         let mut after = String::new();
         loop {
-            let cursor = after.clone();
+            let cursor = std::mem::take(&mut after);
             let (chunk_removed, last_user) = self
                 .write(move |conn| prune_users_after(conn, &cursor, before, per_write))
                 .await?;
