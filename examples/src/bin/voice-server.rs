@@ -15,9 +15,11 @@ use voice_server::{Server, shutdown_signal};
 /// The server's Rust allocations go to jemalloc: with glibc's allocator,
 /// malloc and free took about 14% of the server's samples in a fan-out
 /// profile, and jemalloc raised saturated throughput in most A/B runs
-/// (docs/BENCHMARKS.md) at no cost in idle memory. SQLite keeps the system
-/// allocator. This is the binary's choice: the library leaves it to
-/// whoever embeds it.
+/// (docs/BENCHMARKS.md) at no cost in idle memory. SQLite's C allocations
+/// go there too (the crate's unprefixed `malloc`, see examples/Cargo.toml):
+/// glibc's malloc was still about 6% of a fan-out profile, on the store's
+/// writer. This is the binary's choice: the library leaves it to whoever
+/// embeds it.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
