@@ -345,17 +345,15 @@ async fn serve(
                 // Boxed, once per wake-up: the writes' state would
                 // otherwise be part of every idle connection's future
                 // (measured: about 600 bytes per idle connection).
-                let forwarded = forward_queued(state, user, link, &mut order, event, subscription.as_mut());
+                let forwarded = forward_queued(state, user, link, &mut order, Some(event), subscription.as_mut());
                 if let Err(close) = Box::pin(forwarded).await {
                     return close;
                 }
             }
             () = gap_deadline(order.deadline()) => {
-                let filled = async {
-                    fill_gap(state, user, link, &mut order).await?;
-                    link.flush().await.map_err(|()| None)
-                };
-                if let Err(close) = Box::pin(filled).await {
+                // What is queued goes first: it may close the gap.
+                let forwarded = forward_queued(state, user, link, &mut order, None, subscription.as_mut());
+                if let Err(close) = Box::pin(forwarded).await {
                     return close;
                 }
             }
@@ -407,26 +405,36 @@ async fn serve(
 /// Most live events written to a socket before it is flushed.
 const COALESCE_EVENTS: usize = 64;
 
-/// Writes `first` and whatever else is already queued (up to
-/// [`COALESCE_EVENTS`]), then flushes once: as few socket writes as the
-/// write buffer allows. `Err` ends the connection, with the close to send
-/// if any.
+/// Writes `first` (if any) and whatever else is already queued (up to
+/// [`COALESCE_EVENTS`]), fills a gap from the store if one is due, then
+/// flushes once: as few socket writes as the write buffer allows. `Err`
+/// ends the connection, with the close to send if any.
 async fn forward_queued(
     state: &AppState,
     user: AuthUser,
     link: &mut Link,
     order: &mut EventOrder,
-    first: Result<ServerEvent, SubscriptionEnd>,
+    first: Option<Result<ServerEvent, SubscriptionEnd>>,
     subscription: &mut dyn voice_core::bus::Subscription,
 ) -> Result<(), Option<Close>> {
-    let mut next = Some(first);
+    let mut next = first;
     let mut taken = 0;
-    while let Some(event) = next.take() {
-        forward(state, user, link, order, event).await?;
+    let more_queued = loop {
+        let event = match next.take() {
+            Some(event) => event,
+            None => match subscription.next().now_or_never() {
+                Some(event) => event,
+                None => break false,
+            },
+        };
+        forward(link, order, event).await?;
         taken += 1;
-        if taken < COALESCE_EVENTS {
-            next = subscription.next().now_or_never();
+        if taken == COALESCE_EVENTS {
+            break true;
         }
+    };
+    if order.must_fill(Instant::now(), more_queued) {
+        fill_gap(state, user, link, order).await?;
     }
     link.flush().await.map_err(|()| None)
 }
@@ -435,8 +443,6 @@ async fn forward_queued(
 /// stored ones in `seq` order and without repeats, through `order`.
 /// `Err` ends the connection, with the close to send if any.
 async fn forward(
-    state: &AppState,
-    user: AuthUser,
     link: &mut Link,
     order: &mut EventOrder,
     event: Result<ServerEvent, SubscriptionEnd>,
@@ -463,13 +469,8 @@ async fn forward(
     if event.seq.is_none() {
         return link.feed(&event).await.map_err(|()| None);
     }
-    let now = Instant::now();
-    order.push(event, now);
-    feed_ready(link, order).await?;
-    if order.must_fill(now) {
-        fill_gap(state, user, link, order).await?;
-    }
-    Ok(())
+    order.push(event, Instant::now());
+    feed_ready(link, order).await
 }
 
 /// Writes the held events that are next in order.
