@@ -250,6 +250,7 @@ impl Server {
             writes = stats.writes,
             largest_batch = stats.largest_batch,
             failed_batches = stats.failed_batches,
+            rerun_batches = stats.rerun_batches,
             "database closed"
         );
         result

@@ -24,10 +24,12 @@
 //!
 //! The writer does *group commit*: it waits for one write, takes every
 //! write already queued behind it (up to [`SqliteOptions::max_batch`]), runs
-//! them in one `BEGIN IMMEDIATE` transaction, each inside its own
-//! `SAVEPOINT` so a failing write rolls back only itself, commits once, and
-//! only then answers every caller. Under load one disk sync covers many
-//! writes; alone, a write costs one transaction as usual.
+//! them in one `BEGIN IMMEDIATE` transaction, commits once, and only then
+//! answers every caller. Under load one disk sync covers many writes;
+//! alone, a write costs one transaction as usual. A failing write rolls
+//! back only itself: the batch runs without savepoints (they copy every
+//! page a write changes), and if a write fails, the transaction is rolled
+//! back and the batch runs again with a `SAVEPOINT` around each write.
 //!
 //! # Messages and their events
 //!

@@ -455,11 +455,11 @@ impl UserStore for SqliteStore {
             };
             let user = User {
                 id,
-                issuer: identity.issuer,
-                subject: identity.subject,
-                email: identity.email,
-                name: identity.name,
-                picture: identity.picture,
+                issuer: identity.issuer.clone(),
+                subject: identity.subject.clone(),
+                email: identity.email.clone(),
+                name: identity.name.clone(),
+                picture: identity.picture.clone(),
                 created_at,
                 last_seen_at,
             };
@@ -825,8 +825,8 @@ impl MessageStore for SqliteStore {
                 conversation: message.conversation,
                 seq: seq as u64,
                 sender: message.sender,
-                body: Some(message.body),
-                client_id: message.client_id,
+                body: Some(message.body.clone()),
+                client_id: message.client_id.clone(),
                 created_at: stored(message.created_at),
                 deleted_at: None,
             };
@@ -1076,7 +1076,7 @@ impl GroupStore for SqliteStore {
             )?
             .execute(params![
                 group.id.to_string(),
-                group.name,
+                &group.name,
                 group.owner.to_string(),
                 ms(group.created_at),
             ])?;
@@ -1089,7 +1089,7 @@ impl GroupStore for SqliteStore {
                 GroupRole::Owner,
                 group.created_at,
             )?;
-            for member in members {
+            for &member in &members {
                 insert_member(conn, group.id, member, GroupRole::Member, group.created_at)?;
             }
             Ok(())
@@ -1114,7 +1114,7 @@ impl GroupStore for SqliteStore {
         self.write(move |conn| {
             let changed = conn
                 .prepare_cached("UPDATE groups SET name = ?2 WHERE id = ?1")?
-                .execute([id.to_string(), name])?;
+                .execute(params![id.to_string(), name])?;
             Ok(changed == 1)
         })
         .await

@@ -200,12 +200,17 @@ impl SqliteStore {
         self.inner.prune_users_per_write
     }
 
-    /// Runs `work` on the writer thread, inside the next batch's transaction
-    /// (and its own savepoint when it shares the batch): an error rolls back
-    /// only this work. Answers once the batch has committed.
+    /// Runs `work` on the writer thread, inside the next batch's
+    /// transaction: an error rolls back only this work. Answers once the
+    /// batch has committed.
+    ///
+    /// `work` may run more than once (when another write in its batch
+    /// fails, the batch runs again with a savepoint per write), and only
+    /// its last run is committed and answered. So it must touch nothing but
+    /// the transaction: no channels, no counters outside it.
     pub(crate) async fn write<T, F>(&self, work: F) -> Result<T>
     where
-        F: FnOnce(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
+        F: FnMut(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
@@ -369,7 +374,7 @@ mod tests {
         (release, holder)
     }
 
-    fn insert_row(id: i64) -> impl FnOnce(&WriteTx<'_>) -> DbResult<i64> + Send + 'static {
+    fn insert_row(id: i64) -> impl FnMut(&WriteTx<'_>) -> DbResult<i64> + Send + 'static {
         move |conn| {
             conn.execute("INSERT INTO probe (id) VALUES (?1)", [id])?;
             Ok(id)
@@ -378,7 +383,7 @@ mod tests {
 
     fn spawn_write<T: Send + 'static>(
         store: &SqliteStore,
-        work: impl FnOnce(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
+        work: impl FnMut(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
     ) -> tokio::task::JoinHandle<Result<T>> {
         let store = store.clone();
         tokio::spawn(async move { store.write(work).await })
@@ -435,6 +440,7 @@ mod tests {
         assert_eq!(stats.batches, batches_before + 1, "{stats:?}");
         assert_eq!(stats.largest_batch, 50, "{stats:?}");
         assert_eq!(stats.failed_batches, 0);
+        assert_eq!(stats.rerun_batches, 0, "nothing failed: one run each");
         for id in 0..50 {
             assert!(row_exists(&store, id).await);
         }
@@ -533,6 +539,49 @@ mod tests {
         store.close().await;
     }
 
+    /// A batch runs without savepoints until a write fails; then it runs
+    /// again from the start, and only the second run's work is committed
+    /// and answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_batch_with_a_failing_write_runs_again_and_commits_once() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(&dir, SqliteOptions::default());
+        with_probe_table(&store).await;
+        let (release, holder) = hold_writer(&store).await;
+        let runs = Arc::new(AtomicUsize::new(0));
+        let counted = {
+            let runs = runs.clone();
+            spawn_write(&store, move |conn| {
+                // A primary key: a first run left in place would make the
+                // second fail.
+                insert_row(1)(conn)?;
+                Ok(runs.fetch_add(1, Ordering::Relaxed) + 1)
+            })
+        };
+        until(|| store.queued_writes() == 1).await;
+        let failing = spawn_write(&store, |conn| -> DbResult<i64> {
+            insert_row(2)(conn)?;
+            Err(DbError::Api(voice_core::Error::bad_request("no")))
+        });
+        until(|| store.queued_writes() == 2).await;
+        release.send(()).unwrap();
+        holder.await.unwrap();
+
+        assert_eq!(
+            counted.await.unwrap().unwrap(),
+            2,
+            "answered from the second run"
+        );
+        assert!(failing.await.unwrap().is_err());
+        assert_eq!(runs.load(Ordering::Relaxed), 2);
+        assert_eq!(store.stats().rerun_batches, 1);
+        assert!(row_exists(&store, 1).await);
+        assert!(!row_exists(&store, 2).await);
+        store.close().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_write_rolls_back_only_itself() {
         let dir = tempfile::tempdir().unwrap();
@@ -583,6 +632,7 @@ mod tests {
             "all five shared a transaction: {stats:?}"
         );
         assert_eq!(stats.failed_batches, 0);
+        assert_eq!(stats.rerun_batches, 1, "{stats:?}");
         assert!(row_exists(&store, 1).await);
         assert!(!row_exists(&store, 2).await);
         assert!(!row_exists(&store, 3).await);
