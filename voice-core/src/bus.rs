@@ -10,7 +10,7 @@ use async_trait::async_trait;
 
 use crate::error::Result;
 use crate::ids::{SessionId, UserId};
-use crate::wire::ServerEvent;
+use crate::wire::SharedEvent;
 
 /// Which of a user's devices an event is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,12 +35,13 @@ impl Devices {
 pub struct Envelope {
     pub user: UserId,
     pub devices: Devices,
-    pub event: ServerEvent,
+    /// Encoded once for all its copies: a device's queue holds pointers.
+    pub event: SharedEvent,
 }
 
 impl Envelope {
     /// For every device of `user`.
-    pub fn to_user(user: UserId, event: ServerEvent) -> Self {
+    pub fn to_user(user: UserId, event: SharedEvent) -> Self {
         Self {
             user,
             devices: Devices::All,
@@ -83,5 +84,5 @@ pub trait EventBus: Send + Sync {
 #[async_trait]
 pub trait Subscription: Send {
     /// The next event, or why there will be none.
-    async fn next(&mut self) -> std::result::Result<ServerEvent, SubscriptionEnd>;
+    async fn next(&mut self) -> std::result::Result<SharedEvent, SubscriptionEnd>;
 }

@@ -3,6 +3,9 @@
 //! construction. Events carry the protocol version `v`; a client that sees
 //! a newer major version than it knows should ask its user to upgrade.
 
+use std::fmt::Write as _;
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use time::OffsetDateTime;
@@ -527,19 +530,20 @@ pub enum Event {
 }
 
 /// A stored event in one user's log.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
     pub user_id: UserId,
     /// Per-user, strictly increasing, starting at 1.
     pub seq: u64,
-    pub event: Event,
-    #[serde(with = "time::serde::rfc3339")]
+    /// Shared by every recipient's copy: a message to a group of 100 is one
+    /// event in 99 logs.
+    pub event: Arc<Event>,
     pub created_at: OffsetDateTime,
 }
 
 impl Delivery {
     pub fn to_server_event(&self) -> ServerEvent {
-        ServerEvent::new(Some(self.seq), self.event.clone())
+        ServerEvent::new(Some(self.seq), Event::clone(&self.event))
     }
 }
 
@@ -581,6 +585,57 @@ impl ServerEvent {
             )));
         }
         Ok(event)
+    }
+}
+
+/// A [`ServerEvent`] on its way to many devices, encoded once. The copies
+/// of one event (a group message reaches each member with that member's
+/// `seq`) differ only in `seq`, so the event's own fields are encoded once
+/// and shared, and each copy is framed with its `v` and `seq`:
+/// [`SharedEvent::encode`] gives exactly the text of
+/// [`ServerEvent::encode`]. Clones share the event and its JSON.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedEvent {
+    pub seq: Option<u64>,
+    pub event: Arc<Event>,
+    /// `event` alone as JSON: `{"type":...}`.
+    json: Arc<str>,
+}
+
+impl SharedEvent {
+    /// Encodes `event`.
+    pub fn new(seq: Option<u64>, event: Arc<Event>) -> Self {
+        // As in `ServerEvent::encode`: these plain data types cannot fail
+        // to serialize.
+        let json = serde_json::to_string(&*event).expect("server events always serialize");
+        Self {
+            seq,
+            event,
+            json: json.into(),
+        }
+    }
+
+    /// The same event with another `seq`, sharing its encoding.
+    pub fn with_seq(&self, seq: Option<u64>) -> Self {
+        Self {
+            seq,
+            event: self.event.clone(),
+            json: self.json.clone(),
+        }
+    }
+
+    /// The text of `ServerEvent::new(self.seq, event).encode()`.
+    pub fn encode(&self) -> String {
+        // An event is a JSON object led by its `type` tag, and a
+        // `ServerEvent` is `v`, then `seq` if any, then the event's fields.
+        let fields = self.json.strip_prefix('{').unwrap_or(&self.json);
+        let mut text = String::with_capacity(self.json.len() + 32);
+        let _ = write!(text, "{{\"v\":{PROTOCOL_VERSION},");
+        if let Some(seq) = self.seq {
+            let _ = write!(text, "\"seq\":{seq},");
+        }
+        text.push_str(fields);
+        text
     }
 }
 
@@ -743,6 +798,40 @@ mod tests {
         assert!(text.contains("\"type\":\"message.created\""), "{text}");
         assert!(text.contains("\"v\":1"), "{text}");
         assert_eq!(ServerEvent::decode(&text).unwrap(), event);
+    }
+
+    /// The shared encoding is the same text as encoding each copy, stored
+    /// or not, with fields or with only the tag.
+    #[test]
+    fn a_shared_event_encodes_exactly_like_a_server_event() {
+        let a = UserId::new();
+        let events = [
+            Event::MessageCreated {
+                message: Message {
+                    id: MessageId::new(),
+                    conversation: Conversation::direct(a, UserId::new()),
+                    seq: 3,
+                    sender: a,
+                    body: Some("quote \" and { brace".into()),
+                    client_id: Some("c1".into()),
+                    created_at: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap(),
+                    deleted_at: None,
+                },
+            },
+            Event::FriendRemoved { user_id: a },
+            Event::SessionEnded {
+                reason: "revoked".into(),
+            },
+        ];
+        for event in events {
+            let shared = SharedEvent::new(None, Arc::new(event.clone()));
+            for seq in [None, Some(1), Some(u64::MAX)] {
+                let copy = shared.with_seq(seq);
+                let expected = ServerEvent::new(seq, event.clone()).encode();
+                assert_eq!(copy.encode(), expected);
+                assert_eq!(ServerEvent::decode(&copy.encode()).unwrap().event, event);
+            }
+        }
     }
 
     #[test]

@@ -13,13 +13,13 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use voice_core::bus::{Envelope, EventBus, Subscription, SubscriptionEnd};
 use voice_core::error::Result;
-use voice_core::wire::ServerEvent;
+use voice_core::wire::SharedEvent;
 use voice_core::{SessionId, UserId};
 
 struct Subscriber {
     id: u64,
     session: SessionId,
-    queue: mpsc::Sender<ServerEvent>,
+    queue: mpsc::Sender<SharedEvent>,
     lagged: Arc<AtomicBool>,
 }
 
@@ -118,7 +118,7 @@ impl EventBus for LocalBus {
 }
 
 struct LocalSubscription {
-    receiver: mpsc::Receiver<ServerEvent>,
+    receiver: mpsc::Receiver<SharedEvent>,
     lagged: Arc<AtomicBool>,
     id: u64,
     user: UserId,
@@ -127,7 +127,7 @@ struct LocalSubscription {
 
 #[async_trait]
 impl Subscription for LocalSubscription {
-    async fn next(&mut self) -> std::result::Result<ServerEvent, SubscriptionEnd> {
+    async fn next(&mut self) -> std::result::Result<SharedEvent, SubscriptionEnd> {
         match self.receiver.recv().await {
             Some(event) => Ok(event),
             None if self.lagged.load(Ordering::Acquire) => Err(SubscriptionEnd::Lagged),
@@ -154,12 +154,12 @@ mod tests {
     use voice_core::bus::Devices;
     use voice_core::wire::Event;
 
-    fn event(n: u64) -> ServerEvent {
-        ServerEvent::new(
+    fn event(n: u64) -> SharedEvent {
+        SharedEvent::new(
             Some(n),
-            Event::FriendRemoved {
+            std::sync::Arc::new(Event::FriendRemoved {
                 user_id: UserId::new(),
-            },
+            }),
         )
     }
 

@@ -22,14 +22,14 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use voice_core::wire::ServerEvent;
+use voice_core::wire::SharedEvent;
 
 #[derive(Debug)]
 pub struct EventOrder {
     /// The newest seq the device has been given.
     last_seq: u64,
     /// Events after a gap, by seq.
-    held: BTreeMap<u64, ServerEvent>,
+    held: BTreeMap<u64, SharedEvent>,
     /// Since when something has been held: the oldest held event has
     /// waited at least this long.
     holding_since: Option<Instant>,
@@ -57,7 +57,7 @@ impl EventOrder {
 
     /// Takes a stored event (one with a seq) from the bus. Repeats of what
     /// the device has, or holds, are dropped.
-    pub fn push(&mut self, event: ServerEvent, now: Instant) {
+    pub fn push(&mut self, event: SharedEvent, now: Instant) {
         let Some(seq) = event.seq else {
             debug_assert!(false, "only stored events are ordered");
             return;
@@ -72,7 +72,7 @@ impl EventOrder {
     }
 
     /// The next event the device should get, if it is here.
-    pub fn pop_ready(&mut self) -> Option<ServerEvent> {
+    pub fn pop_ready(&mut self) -> Option<SharedEvent> {
         let entry = self.held.first_entry()?;
         if *entry.key() != self.last_seq + 1 {
             return None;
@@ -120,13 +120,13 @@ mod tests {
 
     const WAIT: Duration = Duration::from_millis(20);
 
-    fn stored(seq: u64) -> ServerEvent {
-        ServerEvent::new(
+    fn stored(seq: u64) -> SharedEvent {
+        SharedEvent::new(
             Some(seq),
-            Event::ResyncRequired {
+            std::sync::Arc::new(Event::ResyncRequired {
                 reason: String::new(),
                 latest_seq: seq,
-            },
+            }),
         )
     }
 

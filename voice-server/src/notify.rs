@@ -10,7 +10,7 @@ use voice_core::UserId;
 use voice_core::bus::{Devices, Envelope, EventBus};
 use voice_core::error::Result;
 use voice_core::store::Store;
-use voice_core::wire::{Delivery, Event, ServerEvent};
+use voice_core::wire::{Delivery, Event, SharedEvent};
 
 use crate::state::AppState;
 
@@ -38,9 +38,13 @@ impl Notifier {
 
     /// Pushes already stored events to connected devices.
     pub async fn publish(&self, deliveries: &[Delivery]) {
+        let mut encoder = Encoder::default();
         let envelopes = deliveries
             .iter()
-            .map(|delivery| Envelope::to_user(delivery.user_id, delivery.to_server_event()))
+            .map(|delivery| {
+                let event = encoder.share(Some(delivery.seq), &delivery.event);
+                Envelope::to_user(delivery.user_id, event)
+            })
             .collect();
         self.send(envelopes).await;
     }
@@ -48,9 +52,10 @@ impl Notifier {
     /// Pushes events that are not stored to every connected device of
     /// their users.
     pub async fn publish_ephemeral(&self, events: Vec<(UserId, Event)>) {
+        let mut encoder = Encoder::default();
         let envelopes = events
             .into_iter()
-            .map(|(user, event)| Envelope::to_user(user, ServerEvent::new(None, event)))
+            .map(|(user, event)| Envelope::to_user(user, encoder.share(None, &Arc::new(event))))
             .collect();
         self.send(envelopes).await;
     }
@@ -60,7 +65,7 @@ impl Notifier {
         let envelope = Envelope {
             user,
             devices,
-            event: ServerEvent::new(None, event),
+            event: SharedEvent::new(None, Arc::new(event)),
         };
         self.send(vec![envelope]).await;
     }
@@ -74,6 +79,27 @@ impl Notifier {
         if let Err(error) = self.bus.publish(envelopes).await {
             tracing::warn!(%error, "publishing events failed");
         }
+    }
+}
+
+/// Encodes each distinct event once for the bus. The copies of one event
+/// for several users come in a row (a message's deliveries, a presence
+/// change for each friend), so comparing with the previous one finds them.
+#[derive(Default)]
+struct Encoder {
+    previous: Option<SharedEvent>,
+}
+
+impl Encoder {
+    fn share(&mut self, seq: Option<u64>, event: &Arc<Event>) -> SharedEvent {
+        let shared = match &self.previous {
+            Some(previous) if Arc::ptr_eq(&previous.event, event) || previous.event == *event => {
+                previous.with_seq(seq)
+            }
+            _ => SharedEvent::new(seq, event.clone()),
+        };
+        self.previous = Some(shared.clone());
+        shared
     }
 }
 

@@ -48,7 +48,7 @@ use voice_core::call::Device;
 use voice_core::model::Conversation;
 use voice_core::model::FriendStatus;
 use voice_core::wire::{
-    ClientMessage, ErrorBody, Event, Presence, RawJson, Replay, ServerEvent, WsTicket,
+    ClientMessage, ErrorBody, Event, Presence, RawJson, Replay, ServerEvent, SharedEvent, WsTicket,
 };
 use voice_core::{CallId, Error, UserId};
 
@@ -249,7 +249,7 @@ impl Link {
     }
 
     /// Writes `event` into the socket's buffer without flushing it.
-    async fn feed(&mut self, event: &ServerEvent) -> Result<(), ()> {
+    async fn feed(&mut self, event: &SharedEvent) -> Result<(), ()> {
         let message = Message::Text(event.encode().into());
         within(self.send_timeout, self.socket.feed(message)).await
     }
@@ -414,7 +414,7 @@ async fn forward_queued(
     user: AuthUser,
     link: &mut Link,
     order: &mut EventOrder,
-    first: Option<Result<ServerEvent, SubscriptionEnd>>,
+    first: Option<Result<SharedEvent, SubscriptionEnd>>,
     subscription: &mut dyn voice_core::bus::Subscription,
 ) -> Result<(), Option<Close>> {
     let mut next = first;
@@ -445,7 +445,7 @@ async fn forward_queued(
 async fn forward(
     link: &mut Link,
     order: &mut EventOrder,
-    event: Result<ServerEvent, SubscriptionEnd>,
+    event: Result<SharedEvent, SubscriptionEnd>,
 ) -> Result<(), Option<Close>> {
     let event = match event {
         Ok(event) => event,
@@ -459,8 +459,10 @@ async fn forward(
             return Err(Some(Close::SHUTTING_DOWN));
         }
     };
-    if let Event::SessionEnded { .. } = event.event {
-        let _ = link.send(&event).await;
+    if let Event::SessionEnded { .. } = *event.event {
+        let _ = link
+            .send_message(Message::Text(event.encode().into()))
+            .await;
         return Err(Some(Close {
             code: CLOSE_SESSION_ENDED,
             reason: "session ended",

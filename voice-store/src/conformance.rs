@@ -861,7 +861,7 @@ pub async fn messages(store: &dyn Store) {
         };
         let replayed: Vec<&Message> = log
             .iter()
-            .filter_map(|delivery| match &delivery.event {
+            .filter_map(|delivery| match &*delivery.event {
                 Event::MessageCreated { message } if message.id == victim.id => Some(message),
                 _ => None,
             })
@@ -2193,7 +2193,7 @@ fn delivery(user_id: UserId, seq: u64, event: Event, created_at: OffsetDateTime)
     Delivery {
         user_id,
         seq,
-        event,
+        event: std::sync::Arc::new(event),
         created_at,
     }
 }
@@ -2228,7 +2228,7 @@ impl Logs {
             let seq = self.0.entry(*user).or_default();
             *seq += 1;
             assert_eq!(
-                (delivery.user_id, delivery.seq, &delivery.event),
+                (delivery.user_id, delivery.seq, &*delivery.event),
                 (*user, *seq, event)
             );
             assert_eq!(

@@ -4,7 +4,7 @@
 //! no further locking.
 
 use std::str::FromStr;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 
 use async_trait::async_trait;
 use rusqlite::types::Type;
@@ -268,7 +268,7 @@ impl LoggedEvent {
 fn append_event(
     tx: &WriteTx<'_>,
     user: UserId,
-    event: &Event,
+    event: &Arc<Event>,
     logged: &LoggedEvent,
     now: OffsetDateTime,
 ) -> DbResult<Delivery> {
@@ -282,7 +282,7 @@ fn append_event(
     Ok(Delivery {
         user_id: user,
         seq: seq as u64,
-        event: event.clone(),
+        event: Arc::clone(event),
         created_at: stored(now),
     })
 }
@@ -298,9 +298,10 @@ fn deliver(
         return Ok(Vec::new());
     }
     let logged = LoggedEvent::of(event)?;
+    let event = Arc::new(event.clone());
     users
         .iter()
-        .map(|user| append_event(tx, *user, event, &logged, now))
+        .map(|user| append_event(tx, *user, &event, &logged, now))
         .collect()
 }
 
@@ -1218,7 +1219,8 @@ impl EventStore for SqliteStore {
             events
                 .iter()
                 .map(|(user, event)| {
-                    append_event(conn, *user, event, &LoggedEvent::of(event)?, now)
+                    let logged = LoggedEvent::of(event)?;
+                    append_event(conn, *user, &Arc::new(event.clone()), &logged, now)
                 })
                 .collect()
         })
@@ -1244,7 +1246,7 @@ impl EventStore for SqliteStore {
                         Ok(Delivery {
                             user_id: user,
                             seq: seq_at(row, 0)?,
-                            event: logged_event_at(row)?,
+                            event: Arc::new(logged_event_at(row)?),
                             created_at: time_at(row, 2)?,
                         })
                     },

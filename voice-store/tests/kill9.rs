@@ -77,7 +77,7 @@ async fn acknowledged_writes_survive_sigkill(level: &str, tasks: usize) {
         };
         let announced: Vec<MessageId> = events
             .iter()
-            .map(|delivery| match &delivery.event {
+            .map(|delivery| match &*delivery.event {
                 Event::MessageCreated { message } => message.id,
                 other => panic!("unexpected event {other:?}"),
             })

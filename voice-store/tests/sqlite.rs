@@ -249,7 +249,7 @@ async fn concurrent_senders_get_gapless_seqs_and_ordered_events() {
             let previous = last.insert(delivery.user_id, delivery.seq).unwrap_or(0);
             assert_eq!(delivery.seq, previous + 1, "{delivery:?}");
             assert_eq!(
-                delivery.event,
+                *delivery.event,
                 Event::MessageCreated {
                     message: inserted.message.clone()
                 }
@@ -330,7 +330,7 @@ async fn deleting_a_message_erases_its_body_from_the_event_log() {
             panic!("nothing was pruned");
         };
         assert_eq!(
-            events[0].event,
+            *events[0].event,
             Event::MessageCreated {
                 message: deletion.message.clone()
             },
