@@ -8,7 +8,7 @@ use std::hint::black_box;
 use time::OffsetDateTime;
 use voice_core::auth::TokenIssuer;
 use voice_core::model::{Conversation, Message};
-use voice_core::wire::{Event, ServerEvent};
+use voice_core::wire::{Event, ServerEvent, SharedEvent};
 use voice_core::{MessageId, SessionId, UserId};
 use voice_server::auth::tokens::{ServerSecret, Tokens};
 
@@ -39,6 +39,12 @@ fn wire(c: &mut Criterion) {
     });
     c.bench_function("wire/decode message.created", |b| {
         b.iter(|| ServerEvent::decode(black_box(&text)).unwrap())
+    });
+    // What the server does per device since events are shared: the event
+    // is encoded once per message, and each copy only framed with its seq.
+    let shared = SharedEvent::new(event.seq, std::sync::Arc::new(event.event.clone()));
+    c.bench_function("wire/frame a shared message.created", |b| {
+        b.iter(|| black_box(&shared).with_seq(Some(43)).encode())
     });
 }
 
