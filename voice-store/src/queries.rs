@@ -291,14 +291,14 @@ fn append_event(
 fn deliver(
     tx: &WriteTx<'_>,
     users: &[UserId],
-    event: &Event,
+    event: Event,
     now: OffsetDateTime,
 ) -> DbResult<Vec<Delivery>> {
     if users.is_empty() {
         return Ok(Vec::new());
     }
-    let logged = LoggedEvent::of(event)?;
-    let event = Arc::new(event.clone());
+    let logged = LoggedEvent::of(&event)?;
+    let event = Arc::new(event);
     users
         .iter()
         .map(|user| append_event(tx, *user, &event, &logged, now))
@@ -835,7 +835,7 @@ impl MessageStore for SqliteStore {
                 message: stored.clone(),
             };
             // The events are dated like the message.
-            let deliveries = deliver(conn, &recipients, &event, message.created_at)?;
+            let deliveries = deliver(conn, &recipients, event, message.created_at)?;
             Ok(MessageInsert {
                 message: stored,
                 created: true,
@@ -897,7 +897,7 @@ impl MessageStore for SqliteStore {
                 message_id: id,
                 message_seq: tombstone.seq,
             };
-            let deliveries = deliver(conn, &recipients, &event, now)?;
+            let deliveries = deliver(conn, &recipients, event, now)?;
             Ok(Some(MessageDeletion {
                 message: tombstone,
                 deliveries,
@@ -1214,13 +1214,17 @@ impl EventStore for SqliteStore {
         if events.is_empty() {
             return Ok(Vec::new());
         }
-        let events = events.to_vec();
+        // Wrapped here, off the writer thread, and once however often the
+        // write runs.
+        let events: Vec<(UserId, Arc<Event>)> = events
+            .iter()
+            .map(|(user, event)| (*user, Arc::new(event.clone())))
+            .collect();
         self.write(move |conn| {
             events
                 .iter()
                 .map(|(user, event)| {
-                    let logged = LoggedEvent::of(event)?;
-                    append_event(conn, *user, &Arc::new(event.clone()), &logged, now)
+                    append_event(conn, *user, event, &LoggedEvent::of(event)?, now)
                 })
                 .collect()
         })
