@@ -255,16 +255,19 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>], savepoints: boo
             tracing::error!("sqlite rolled back a write transaction; failing its whole batch");
             return Err(Error::internal());
         }
-        if !savepoints && !ok {
-            run_cached(conn, "ROLLBACK").map_err(|e| abort(conn, &e))?;
-            return Ok(false);
-        }
-        if !ok {
-            run_cached(conn, "ROLLBACK TO job").map_err(|e| abort(conn, &e))?;
-            tx.event_counters.borrow_mut().roll_back_job();
-        }
-        if savepoints {
-            run_cached(conn, "RELEASE job").map_err(|e| abort(conn, &e))?;
+        match (savepoints, ok) {
+            (false, true) => {}
+            (false, false) => {
+                run_cached(conn, "ROLLBACK").map_err(|e| abort(conn, &e))?;
+                return Ok(false);
+            }
+            (true, ok) => {
+                if !ok {
+                    run_cached(conn, "ROLLBACK TO job").map_err(|e| abort(conn, &e))?;
+                    tx.event_counters.borrow_mut().roll_back_job();
+                }
+                run_cached(conn, "RELEASE job").map_err(|e| abort(conn, &e))?;
+            }
         }
     }
     tx.event_counters
