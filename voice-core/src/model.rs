@@ -216,6 +216,16 @@ pub struct MessageInsert {
     pub deliveries: Vec<crate::wire::Delivery>,
 }
 
+/// The result of [`crate::store::MessageStore::send_message`].
+#[derive(Clone, Debug, PartialEq)]
+pub enum SendOutcome {
+    /// Stored (or, for a repeated `client_id`, found stored before).
+    Stored(MessageInsert),
+    /// The sender may not send to the conversation: not friends with the
+    /// other user, or not a member of the group (or no such group).
+    NotAllowed,
+}
+
 /// The result of deleting a message.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MessageDeletion {

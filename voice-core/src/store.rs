@@ -6,6 +6,9 @@
 //! must be atomic (spending a refresh token, a mutual friend request) is
 //! one method, so no backend needs caller-side transactions.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use async_trait::async_trait;
 use time::OffsetDateTime;
 
@@ -14,7 +17,7 @@ use crate::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use crate::model::{
     CallOutcome, CallRecord, Conversation, ConversationAccess, ConversationSummary, Friend,
     FriendStatus, Group, GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert,
-    NewMessage, RefreshToken, Session, SpendOutcome, User,
+    NewMessage, RefreshToken, SendOutcome, Session, SpendOutcome, User,
 };
 use crate::wire::{Delivery, Event, Replay};
 
@@ -105,9 +108,26 @@ pub trait FriendStore: Send + Sync {
     async fn list_friends(&self, user: UserId) -> Result<Vec<Friend>>;
 }
 
+/// A write already queued in its backend: awaiting it only waits for the
+/// outcome.
+pub type QueuedWrite<T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'static>>;
+
 /// Messages of direct and group conversations, and who has read what.
 #[async_trait]
 pub trait MessageStore: Send + Sync {
+    /// Stores `message` if its sender may send to its conversation, in one
+    /// transaction with the check: a direct message only to an accepted
+    /// friend, a group message only by a current member. Its recipients
+    /// are the conversation's participants at that moment (both users of a
+    /// direct conversation, a group's current members), and it is stored
+    /// as [`MessageStore::insert_message`] stores it.
+    ///
+    /// The write is queued by this call, not by the first poll of the
+    /// returned future: messages sent one after another are stored in that
+    /// order even when their futures are awaited together, so a device can
+    /// have many sends in flight and keep their order.
+    fn send_message(&self, message: NewMessage) -> QueuedWrite<SendOutcome>;
+
     /// Stores a message with the next `seq` of its conversation and, in the
     /// same transaction, appends `message.created` to the event log of each
     /// of `recipients` (so an acknowledged message is never without its

@@ -262,6 +262,11 @@ pub struct WsConfig {
     /// Most live events a connection holds behind such a gap; past this
     /// it fills the gap from the store at once.
     pub reorder_max_events: usize,
+    /// `message.send`s one connection may have waiting for their commit.
+    /// Past this the server reads nothing more from the socket until one
+    /// is answered, so a device's sends share batches with each other's
+    /// instead of waiting one commit each.
+    pub max_pending_sends: usize,
 }
 
 impl Default for WsConfig {
@@ -280,6 +285,7 @@ impl Default for WsConfig {
             replay_batch: 500,
             reorder_wait_ms: 20,
             reorder_max_events: 256,
+            max_pending_sends: 32,
         }
     }
 }

@@ -13,7 +13,9 @@ use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
-use voice_core::model::{Conversation, ConversationAccess, Message, MessageInsert, NewMessage};
+use voice_core::model::{
+    Conversation, ConversationAccess, Message, MessageInsert, NewMessage, SendOutcome,
+};
 use voice_core::wire::{
     ConversationsResponse, ErrorBody, MarkReadRequest, MessagesPage, Recipient, SendMessageRequest,
 };
@@ -58,24 +60,6 @@ pub async fn participants(state: &AppState, conversation: Conversation) -> ApiRe
     })
 }
 
-/// The users a message from `sender` to `conversation` goes to, or `None`
-/// if `sender` may not send there: one read for a group, whose members
-/// are both the check and the recipients.
-async fn recipients_if_allowed(
-    state: &AppState,
-    sender: UserId,
-    conversation: Conversation,
-) -> ApiResult<Option<Vec<UserId>>> {
-    if let Conversation::Group(_) = conversation {
-        let members = participants(state, conversation).await?;
-        return Ok(members.contains(&sender).then_some(members));
-    }
-    if !can_send(state, sender, conversation).await? {
-        return Ok(None);
-    }
-    Ok(Some(participants(state, conversation).await?))
-}
-
 /// Whether `user` may send to `conversation` now.
 pub async fn can_send(
     state: &AppState,
@@ -100,7 +84,8 @@ async fn send(
     user: AuthUser,
     Json(request): Json<SendMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    let inserted = send_message(&state, user.user_id, request).await?;
+    let inserted = queue_message(&state, user.user_id, request).await?;
+    publish(&state, &inserted.deliveries).await;
     let status = if inserted.created {
         StatusCode::CREATED
     } else {
@@ -109,15 +94,41 @@ async fn send(
     Ok((status, Json(inserted.message)))
 }
 
-/// Checks, stores and publishes one message from `sender`: the one path
-/// behind `POST /v1/messages` and the WebSocket's `message.send`. Returns
-/// once the message is committed (or was already, for a retry with the
-/// same `client_id`).
-pub async fn send_message(
+/// Checks a message from `sender` and queues it for storage: the one path
+/// behind `POST /v1/messages` and the WebSocket's `message.send`. The
+/// future resolves once the message is committed (or was already, for a
+/// retry with the same `client_id`); the caller then publishes its
+/// deliveries. The message is queued by this call, so messages queued one
+/// after another are stored in that order however their futures are
+/// awaited. Whether the sender may send there is checked in the store, in
+/// the transaction that stores the message.
+pub fn queue_message(
     state: &AppState,
     sender: UserId,
     request: SendMessageRequest,
-) -> ApiResult<MessageInsert> {
+) -> impl Future<Output = ApiResult<MessageInsert>> + Send + 'static {
+    let queued = new_message(state, sender, request)
+        .map(|message| (message.conversation, state.store.send_message(message)));
+    async move {
+        let (conversation, outcome) = queued?;
+        match outcome.await? {
+            SendOutcome::Stored(inserted) => Ok(inserted),
+            SendOutcome::NotAllowed => Err(Error::forbidden(match conversation {
+                Conversation::Direct { .. } => "you can only message your friends",
+                Conversation::Group(_) => "you are not a member of this group",
+            })
+            .into()),
+        }
+    }
+}
+
+/// The message `request` asks `sender` to send, if it is within their
+/// rate and the limits.
+fn new_message(
+    state: &AppState,
+    sender: UserId,
+    request: SendMessageRequest,
+) -> ApiResult<NewMessage> {
     check_message_rate(state, sender)?;
     let limits = &state.config.limits;
     if request.body.trim().is_empty() {
@@ -147,29 +158,14 @@ pub async fn send_message(
         // A group one is not in answers like one that does not exist.
         Recipient::Group(group) => Conversation::Group(group),
     };
-    let Some(recipients) = recipients_if_allowed(state, sender, conversation).await? else {
-        return Err(Error::forbidden(match conversation {
-            Conversation::Direct { .. } => "you can only message your friends",
-            Conversation::Group(_) => "you are not a member of this group",
-        })
-        .into());
-    };
-    let inserted = state
-        .store
-        .insert_message(
-            &NewMessage {
-                id: MessageId::new(),
-                conversation,
-                sender,
-                body: request.body,
-                client_id: request.client_id,
-                created_at: OffsetDateTime::now_utc(),
-            },
-            &recipients,
-        )
-        .await?;
-    publish(state, &inserted.deliveries).await;
-    Ok(inserted)
+    Ok(NewMessage {
+        id: MessageId::new(),
+        conversation,
+        sender,
+        body: request.body,
+        client_id: request.client_id,
+        created_at: OffsetDateTime::now_utc(),
+    })
 }
 
 #[utoipa::path(delete, path = "/v1/messages/{id}", tag = "messages", security(("bearer" = [])), params(("id" = MessageId, Path)),

@@ -15,7 +15,8 @@
 //! checks and storage as `POST /v1/messages`, without a request per
 //! message): each is answered with `message.sent` after its commit, or an
 //! `error`, both carrying the client's `ref`. One device's sends are
-//! handled in the order they arrive.
+//! handled in the order they arrive, up to `ws.max_pending_sends` of them
+//! at once, so that they share the store's batches.
 //!
 //! After any replay the device gets `ready` with its current `latest_seq`.
 //! Live events can be published out of order (each by the task that
@@ -31,6 +32,8 @@
 //! writes for `ws.send_timeout_ms` (then dropped without a close frame,
 //! which could not be delivered anyway).
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
@@ -38,15 +41,16 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::http::HeaderMap;
 use axum::http::header::ORIGIN;
 use axum::response::Response;
-use futures_util::{FutureExt, SinkExt};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use time::OffsetDateTime;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use voice_core::bus::SubscriptionEnd;
 use voice_core::call::Device;
-use voice_core::model::Conversation;
 use voice_core::model::FriendStatus;
+use voice_core::model::{Conversation, MessageInsert};
 use voice_core::wire::{
     ClientMessage, ErrorBody, Event, Presence, RawJson, Replay, ServerEvent, SharedEvent, WsTicket,
 };
@@ -59,8 +63,8 @@ use crate::auth::tokens::{hash_token, random_token};
 use crate::calls::routes::call_error;
 use crate::error::{ApiError, ApiResult, Json, Query};
 use crate::event_order::EventOrder;
-use crate::messages::{can_send, check_message_rate, participants, send_message};
-use crate::notify::publish_ephemeral;
+use crate::messages::{can_send, check_message_rate, participants, queue_message};
+use crate::notify::{publish, publish_ephemeral};
 use crate::state::AppState;
 
 pub const CLOSE_NORMAL: u16 = 1000;
@@ -254,6 +258,12 @@ impl Link {
         within(self.send_timeout, self.socket.feed(message)).await
     }
 
+    /// Writes `event` into the socket's buffer without flushing it.
+    async fn feed_unshared(&mut self, event: &ServerEvent) -> Result<(), ()> {
+        let message = Message::Text(event.encode().into());
+        within(self.send_timeout, self.socket.feed(message)).await
+    }
+
     async fn flush(&mut self) -> Result<(), ()> {
         within(self.send_timeout, self.socket.flush()).await
     }
@@ -332,6 +342,44 @@ async fn serve(
         Duration::from_millis(config.reorder_wait_ms),
         config.reorder_max_events,
     );
+    let mut sends = Sends::new();
+    let close = relay(
+        state,
+        user,
+        link,
+        &mut order,
+        subscription.as_mut(),
+        &mut sends,
+    )
+    .await;
+    // The sends already queued are stored whether or not the device is
+    // still there to hear the answer; their events must still go out.
+    while let Some((_, outcome)) = sends.next().await {
+        if let Ok(inserted) = outcome {
+            publish(state, &inserted.deliveries).await;
+        }
+    }
+    close
+}
+
+/// A `message.send` queued in the store, with its `ref`.
+type PendingSend = Pin<Box<dyn Future<Output = (String, ApiResult<MessageInsert>)> + Send>>;
+
+/// A connection's sends waiting for their commit, answered in the order
+/// they came.
+type Sends = FuturesOrdered<PendingSend>;
+
+/// Relays live events to the device and handles what it sends until the
+/// connection should end. Returns the close to send, if any.
+async fn relay(
+    state: &AppState,
+    user: AuthUser,
+    link: &mut Link,
+    order: &mut EventOrder,
+    subscription: &mut dyn voice_core::bus::Subscription,
+    sends: &mut Sends,
+) -> Option<Close> {
+    let config = &state.config.ws;
     let idle_timeout = Duration::from_secs(config.idle_timeout_secs);
     let mut ping = tokio::time::interval(Duration::from_secs(config.ping_interval_secs));
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -341,23 +389,29 @@ async fn serve(
 
     loop {
         tokio::select! {
+            Some(answer) = sends.next(), if !sends.is_empty() => {
+                if let Err(close) = Box::pin(answer_sends(state, link, answer, sends)).await {
+                    return close;
+                }
+            }
             event = subscription.next() => {
                 // Boxed, once per wake-up: the writes' state would
                 // otherwise be part of every idle connection's future
                 // (measured: about 600 bytes per idle connection).
-                let forwarded = forward_queued(state, user, link, &mut order, Some(event), subscription.as_mut());
+                let forwarded = forward_queued(state, user, link, order, Some(event), subscription);
                 if let Err(close) = Box::pin(forwarded).await {
                     return close;
                 }
             }
             () = gap_deadline(order.deadline()) => {
                 // What is queued goes first: it may close the gap.
-                let forwarded = forward_queued(state, user, link, &mut order, None, subscription.as_mut());
+                let forwarded = forward_queued(state, user, link, order, None, subscription);
                 if let Err(close) = Box::pin(forwarded).await {
                     return close;
                 }
             }
-            incoming = link.socket.recv() => {
+            // Reading stops while the device has its fill of sends waiting.
+            incoming = link.socket.recv(), if sends.len() < config.max_pending_sends => {
                 last_heard = Instant::now();
                 match incoming {
                     None => return None,
@@ -375,7 +429,7 @@ async fn serve(
                     Some(Ok(Message::Text(text))) => {
                         // Boxed: its state (a whole message send) would
                         // otherwise be part of every idle connection's.
-                        if Box::pin(handle_client_message(state, user, text.as_str(), link)).await.is_err() {
+                        if Box::pin(handle_client_message(state, user, text.as_str(), link, sends)).await.is_err() {
                             return None;
                         }
                     }
@@ -593,6 +647,7 @@ async fn handle_client_message(
     user: AuthUser,
     text: &str,
     link: &mut Link,
+    sends: &mut Sends,
 ) -> Result<(), ()> {
     let message = match ClientMessage::decode(text) {
         Ok(message) => message,
@@ -610,19 +665,10 @@ async fn handle_client_message(
                 let error = Error::bad_request(format!("ref must be 1 to {max} bytes"));
                 return link.send_error(error, None).await;
             }
-            return match send_message(state, user.user_id, request).await {
-                Ok(inserted) => {
-                    link.send(&ServerEvent::new(
-                        None,
-                        Event::MessageSent {
-                            reference,
-                            message: inserted.message,
-                        },
-                    ))
-                    .await
-                }
-                Err(error) => link.send_error(error.0, Some(reference)).await,
-            };
+            // Queued now, answered (in order) once committed.
+            let stored = queue_message(state, user.user_id, request);
+            sends.push_back(Box::pin(async move { (reference, stored.await) }));
+            return Ok(());
         }
         _ => Err(Error::bad_request("unsupported message")),
     };
@@ -630,6 +676,45 @@ async fn handle_client_message(
         Ok(()) => Ok(()),
         Err(error) => link.send_error(error, None).await,
     }
+}
+
+/// Answers a send, and those after it that are already answered, then
+/// publishes the stored messages' events: this device gets each answer
+/// before its own copy of the event. `Err` ends the connection.
+async fn answer_sends(
+    state: &AppState,
+    link: &mut Link,
+    first: (String, ApiResult<MessageInsert>),
+    sends: &mut Sends,
+) -> Result<(), Option<Close>> {
+    let mut deliveries = Vec::new();
+    let mut next = Some(first);
+    let mut answered = Ok(());
+    while let Some((reference, outcome)) = next.take() {
+        let answer = match outcome {
+            Ok(inserted) => {
+                deliveries.extend(inserted.deliveries);
+                Event::MessageSent {
+                    reference,
+                    message: inserted.message,
+                }
+            }
+            Err(error) => Event::Error {
+                error: error.0,
+                reference: Some(reference),
+            },
+        };
+        // A device that is gone still has its messages published.
+        if answered.is_ok() {
+            answered = link.feed_unshared(&ServerEvent::new(None, answer)).await;
+        }
+        next = sends.next().now_or_never().flatten();
+    }
+    if answered.is_ok() {
+        answered = link.flush().await;
+    }
+    publish(state, &deliveries).await;
+    answered.map_err(|()| None)
 }
 
 /// Relays a typing indicator to the conversation's other participants.

@@ -332,6 +332,85 @@ async fn messages_sent_over_the_socket_are_acknowledged_after_commit() {
     assert_eq!(page["messages"].as_array().unwrap().len(), 3, "{page}");
 }
 
+/// More sends in flight than `ws.max_pending_sends`: reading stops and
+/// resumes, and the answers (refusals included) keep the sends' order. A
+/// device that closes with sends still waiting for their commit does not
+/// get their answers, but every one of them that was stored reaches the
+/// other side live.
+#[tokio::test]
+async fn a_flood_of_pipelined_sends_keeps_its_order_and_outlives_the_socket() {
+    let server = TestServer::start(|config| {
+        config.limits.messages_per_second = 10_000;
+        config.limits.messages_burst = 10_000;
+        config.ws.max_pending_sends = 4;
+    })
+    .await;
+    let [alice, bob, carol] = User::sign_in_all(&server, ["alice", "bob", "carol"]).await;
+    befriend(&alice, &bob).await;
+    let mut alice_socket = alice.connect(None).await;
+    let mut bob_socket = bob.connect(None).await;
+    alice_socket.next_of("ready").await;
+    let bob_ready = bob_socket.next_of("ready").await;
+    let mut bob_seq = bob_ready["latest_seq"].as_u64().unwrap();
+
+    let frame = |i: usize, to: &User, body: &str| {
+        json!({"type": "message.send", "ref": format!("r{i}"), "to": {"user": to.id}, "body": body})
+            .to_string()
+    };
+    const FLOOD: usize = 60;
+    let (refused, empty) = (20, 41);
+    for i in 0..FLOOD {
+        let text = match i {
+            _ if i == refused => frame(i, &carol, "not a friend"),
+            _ if i == empty => frame(i, &bob, " "),
+            _ => frame(i, &bob, &format!("flood {i}")),
+        };
+        alice_socket.send_text(&text).await;
+    }
+    let mut next_seq = 1;
+    for i in 0..FLOOD {
+        let answer = loop {
+            let event = alice_socket.next_event().await;
+            if matches!(event["type"].as_str(), Some("message.sent" | "error")) {
+                break event;
+            }
+        };
+        assert_eq!(answer["ref"], format!("r{i}"), "{answer}");
+        match i {
+            _ if i == refused => assert_eq!(answer["error"]["code"], "forbidden"),
+            _ if i == empty => assert_eq!(answer["error"]["code"], "bad_request"),
+            _ => {
+                assert_eq!(answer["message"]["body"], format!("flood {i}"));
+                assert_eq!(answer["message"]["seq"], next_seq);
+                next_seq += 1;
+            }
+        }
+    }
+    for expected in 1..next_seq {
+        let created = bob_socket.next_stored().await;
+        bob_seq += 1;
+        assert_eq!(seq(&created), bob_seq);
+        assert_eq!(created["message"]["seq"], expected);
+    }
+
+    // Sent, then closed at once: the last sends are most likely still
+    // waiting for their commit when the server reads the close (it reads
+    // in order, so it stores every one of them first).
+    for i in FLOOD..2 * FLOOD {
+        alice_socket
+            .send_text(&frame(i, &bob, &format!("flood {i}")))
+            .await;
+    }
+    alice_socket.send_close().await;
+    alice_socket.ended().await;
+    for i in FLOOD..2 * FLOOD {
+        let created = bob_socket.next_stored().await;
+        bob_seq += 1;
+        assert_eq!(seq(&created), bob_seq, "live, in order, none missing");
+        assert_eq!(created["message"]["body"], format!("flood {i}"));
+    }
+}
+
 #[tokio::test]
 async fn group_messages_fan_out_and_removed_members_stop_receiving() {
     let server = server().await;

@@ -21,7 +21,7 @@ use voice_core::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use voice_core::model::{
     CallOutcome, CallRecord, Conversation, ConversationAccess, ConversationSummary, FriendStatus,
     Group, GroupRole, Identity, Message, MessageDeletion, MessageInsert, NewMessage, RefreshToken,
-    Session, SpendOutcome, User,
+    SendOutcome, Session, SpendOutcome, User,
 };
 use voice_core::store::Store;
 use voice_core::wire::{Delivery, Event, Replay};
@@ -38,6 +38,8 @@ pub async fn run_all(store: &dyn Store) {
     blocks(store).await;
     messages(store).await;
     message_seqs(store).await;
+    sends(store).await;
+    queued_sends_keep_their_order(store).await;
     conversation_access(store).await;
     read_state(store).await;
     conversation_list(store).await;
@@ -954,6 +956,121 @@ pub async fn message_seqs(store: &dyn Store) {
     // b received all 40, in one log, numbered 1..=40.
     assert_eq!(store.latest_event_seq(b).await.unwrap(), 40);
     assert_eq!(store.latest_event_seq(a).await.unwrap(), 20);
+}
+
+/// `send_message` stores a message only where its sender may send, and
+/// delivers it to the conversation's participants of that moment.
+pub async fn sends(store: &dyn Store) {
+    let t0 = now();
+    let [a, b, stranger, owner, former] = [
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+        new_user(store).await.id,
+    ];
+    let refused = |outcome: SendOutcome, what: &str| {
+        assert_eq!(outcome, SendOutcome::NotAllowed, "{what}");
+    };
+    let stored = |outcome: SendOutcome| match outcome {
+        SendOutcome::Stored(inserted) => inserted,
+        SendOutcome::NotAllowed => panic!("a permitted send was refused"),
+    };
+    let send = |conversation: Conversation, sender: UserId, at: OffsetDateTime| {
+        store.send_message(new_message(conversation, sender, at))
+    };
+    let direct = Conversation::direct(a, b);
+
+    refused(send(direct, a, t0).await.unwrap(), "no relationship");
+    store.request_friend(a, b, t0).await.unwrap();
+    refused(send(direct, a, t0).await.unwrap(), "a pending request");
+    store.accept_friend(b, a, t0).await.unwrap();
+    let new = new_message(direct, b, t0 + millis(1));
+    let inserted = stored(store.send_message(new.clone()).await.unwrap());
+    assert_eq!(inserted.message, expected(&new, 1));
+    assert!(inserted.created);
+    let event = Event::MessageCreated {
+        message: inserted.message.clone(),
+    };
+    assert_eq!(
+        inserted.deliveries,
+        vec![
+            delivery(a.min(b), 1, event.clone(), new.created_at),
+            delivery(a.max(b), 1, event, new.created_at),
+        ]
+    );
+    // Idempotent with a client_id, as insert_message is.
+    let mut retried = new_message(direct, a, t0 + millis(2));
+    retried.client_id = Some(format!("client-{}", Uuid::now_v7()));
+    let first = stored(store.send_message(retried.clone()).await.unwrap());
+    let mut again = retried.clone();
+    again.id = MessageId::new();
+    let second = stored(store.send_message(again).await.unwrap());
+    assert!(first.created && !second.created);
+    assert_eq!(second.message, first.message);
+    assert!(second.deliveries.is_empty());
+    // A user is never a party to someone else's conversation.
+    refused(send(direct, stranger, t0).await.unwrap(), "an outsider");
+    store.block_user(b, a, t0).await.unwrap();
+    refused(send(direct, a, t0).await.unwrap(), "blocked");
+
+    let group = new_group(owner, t0);
+    store.create_group(&group, &[a, former]).await.unwrap();
+    store.remove_group_member(group.id, former).await.unwrap();
+    let in_group = Conversation::Group(group.id);
+    refused(send(in_group, stranger, t0).await.unwrap(), "not a member");
+    refused(send(in_group, former, t0).await.unwrap(), "a former member");
+    refused(
+        send(Conversation::Group(GroupId::new()), a, t0)
+            .await
+            .unwrap(),
+        "no such group",
+    );
+    let inserted = stored(send(in_group, a, t0 + millis(3)).await.unwrap());
+    let mut recipients: Vec<UserId> = inserted.deliveries.iter().map(|d| d.user_id).collect();
+    recipients.sort_unstable();
+    let mut members = vec![owner, a];
+    members.sort_unstable();
+    assert_eq!(recipients, members, "the current members, the sender too");
+    assert_eq!(inserted.message.seq, 1);
+}
+
+/// Sends queued one after another are stored in that order, however their
+/// futures are awaited: each is queued by the call, not by its first poll.
+pub async fn queued_sends_keep_their_order(store: &dyn Store) {
+    let t0 = now();
+    let [a, b] = [new_user(store).await.id, new_user(store).await.id];
+    store.request_friend(a, b, t0).await.unwrap();
+    store.accept_friend(b, a, t0).await.unwrap();
+    let conversation = Conversation::direct(a, b);
+    let sent: Vec<NewMessage> = (0..40)
+        .map(|i| new_message(conversation, if i % 3 == 0 { b } else { a }, t0 + millis(i)))
+        .collect();
+    let queued: Vec<_> = sent
+        .iter()
+        .map(|message| store.send_message(message.clone()))
+        .collect();
+    // Awaited last first: the last one's outcome cannot be known before
+    // all the others were stored, and it must not have jumped ahead.
+    let mut seqs = Vec::new();
+    for outcome in queued.into_iter().rev() {
+        match outcome.await.unwrap() {
+            SendOutcome::Stored(inserted) => seqs.push(inserted.message.seq),
+            SendOutcome::NotAllowed => panic!("a send between friends was refused"),
+        }
+    }
+    seqs.reverse();
+    assert_eq!(seqs, (1..=40).collect::<Vec<_>>());
+    let listed: Vec<MessageId> = store
+        .list_messages(conversation, None, None, 100)
+        .await
+        .unwrap()
+        .iter()
+        .rev()
+        .map(|message| message.id)
+        .collect();
+    let ids: Vec<MessageId> = sent.iter().map(|message| message.id).collect();
+    assert_eq!(listed, ids);
 }
 
 /// Who may read what: a direct conversation's two users; a group's

@@ -16,11 +16,11 @@ use voice_core::ids::{CallId, GroupId, MessageId, SessionId, UserId};
 use voice_core::model::{
     CallOutcome, CallRecord, Conversation, ConversationAccess, ConversationSummary, Friend,
     FriendStatus, Group, GroupMember, GroupRole, Identity, Message, MessageDeletion, MessageInsert,
-    NewMessage, RefreshToken, Session, SpendOutcome, User,
+    NewMessage, RefreshToken, SendOutcome, Session, SpendOutcome, User,
 };
 use voice_core::store::{
-    CallStore, EventStore, FriendStore, GroupStore, IceStore, MessageStore, SessionStore, Store,
-    UserStore,
+    CallStore, EventStore, FriendStore, GroupStore, IceStore, MessageStore, QueuedWrite,
+    SessionStore, Store, UserStore,
 };
 use voice_core::wire::{Delivery, Event, Replay};
 
@@ -303,6 +303,108 @@ fn deliver(
         .iter()
         .map(|user| append_event(tx, *user, &event, &logged, now))
         .collect()
+}
+
+/// Stores `message` for `recipients` (each listed once): see
+/// [`MessageStore::insert_message`].
+fn insert_message(
+    tx: &WriteTx<'_>,
+    message: &NewMessage,
+    recipients: &[UserId],
+) -> DbResult<MessageInsert> {
+    if let Some(client_id) = &message.client_id {
+        let first = tx
+            .prepare_cached(&format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_id = ?2"
+            ))?
+            .query_row([message.sender.to_string(), client_id.clone()], message_row)
+            .optional()?;
+        if let Some(first) = first {
+            return Ok(MessageInsert {
+                message: first,
+                created: false,
+                deliveries: Vec::new(),
+            });
+        }
+    }
+    let conversation = message.conversation.to_string();
+    // This runs inside the write transaction, which holds SQLite's
+    // write lock: nothing can take this seq between reading the
+    // maximum and inserting. The unique (conversation, seq) index
+    // would refuse a duplicate anyway.
+    let seq = last_seq(tx, &conversation)? + 1;
+    tx.prepare_cached(&format!(
+        "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)"
+    ))?
+    .execute(params![
+        message.id.to_string(),
+        conversation,
+        seq,
+        message.sender.to_string(),
+        message.body,
+        message.client_id,
+        ms(message.created_at),
+    ])?;
+    // A direct conversation's users are in its id; a group's come
+    // from its membership rows instead.
+    if let Conversation::Direct { low, high } = message.conversation {
+        for user in [low, high] {
+            tx.prepare_cached(
+                "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
+                 ON CONFLICT (user_id, conversation) DO NOTHING",
+            )?
+            .execute([user.to_string(), conversation.clone()])?;
+        }
+    }
+    let stored = Message {
+        id: message.id,
+        conversation: message.conversation,
+        seq: seq as u64,
+        sender: message.sender,
+        body: Some(message.body.clone()),
+        client_id: message.client_id.clone(),
+        created_at: stored(message.created_at),
+        deleted_at: None,
+    };
+    let event = Event::MessageCreated {
+        message: stored.clone(),
+    };
+    // The events are dated like the message.
+    let deliveries = deliver(tx, recipients, event, message.created_at)?;
+    Ok(MessageInsert {
+        message: stored,
+        created: true,
+        deliveries,
+    })
+}
+
+/// Who gets a message `message.sender` sends to its conversation now, or
+/// `None` if they may not send there: both users of a direct conversation
+/// between friends, the current members of a group the sender is in.
+fn allowed_recipients(conn: &Connection, message: &NewMessage) -> DbResult<Option<Vec<UserId>>> {
+    let sender = message.sender;
+    Ok(match message.conversation {
+        Conversation::Direct { low, high } => {
+            let other = if sender == low { high } else { low };
+            let party = sender == low || sender == high;
+            (party && friend_status(conn, sender, other)? == Some(FriendStatus::Accepted))
+                .then_some(vec![low, high])
+        }
+        Conversation::Group(group) => {
+            let members = group_member_ids(conn, group)?;
+            members.contains(&sender).then_some(members)
+        }
+    })
+}
+
+/// The current members of `group`.
+fn group_member_ids(conn: &Connection, group: GroupId) -> DbResult<Vec<UserId>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT user_id FROM group_members WHERE group_id = ?1 AND left_seq IS NULL",
+        )?
+        .query_map([group.to_string()], |row| parse_at(row, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?)
 }
 
 fn get_message(conn: &Connection, id: MessageId) -> DbResult<Option<Message>> {
@@ -776,73 +878,17 @@ impl MessageStore for SqliteStore {
     ) -> Result<MessageInsert> {
         let message = message.clone();
         let recipients = distinct(recipients);
-        self.write(move |conn| {
-            if let Some(client_id) = &message.client_id {
-                let first = conn
-                    .prepare_cached(&format!(
-                        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = ?1 AND client_id = ?2"
-                    ))?
-                    .query_row([message.sender.to_string(), client_id.clone()], message_row)
-                    .optional()?;
-                if let Some(first) = first {
-                    return Ok(MessageInsert {
-                        message: first,
-                        created: false,
-                        deliveries: Vec::new(),
-                    });
-                }
-            }
-            let conversation = message.conversation.to_string();
-            // This runs inside the write transaction, which holds SQLite's
-            // write lock: nothing can take this seq between reading the
-            // maximum and inserting. The unique (conversation, seq) index
-            // would refuse a duplicate anyway.
-            let seq = last_seq(conn, &conversation)? + 1;
-            conn.prepare_cached(&format!(
-                "INSERT INTO messages ({MESSAGE_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)"
-            ))?
-            .execute(params![
-                message.id.to_string(),
-                conversation,
-                seq,
-                message.sender.to_string(),
-                message.body,
-                message.client_id,
-                ms(message.created_at),
-            ])?;
-            // A direct conversation's users are in its id; a group's come
-            // from its membership rows instead.
-            if let Conversation::Direct { low, high } = message.conversation {
-                for user in [low, high] {
-                    conn.prepare_cached(
-                        "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
-                         ON CONFLICT (user_id, conversation) DO NOTHING",
-                    )?
-                    .execute([user.to_string(), conversation.clone()])?;
-                }
-            }
-            let stored = Message {
-                id: message.id,
-                conversation: message.conversation,
-                seq: seq as u64,
-                sender: message.sender,
-                body: Some(message.body.clone()),
-                client_id: message.client_id.clone(),
-                created_at: stored(message.created_at),
-                deleted_at: None,
-            };
-            let event = Event::MessageCreated {
-                message: stored.clone(),
-            };
-            // The events are dated like the message.
-            let deliveries = deliver(conn, &recipients, event, message.created_at)?;
-            Ok(MessageInsert {
-                message: stored,
-                created: true,
-                deliveries,
+        self.write(move |tx| insert_message(tx, &message, &recipients))
+            .await
+    }
+
+    fn send_message(&self, message: NewMessage) -> QueuedWrite<SendOutcome> {
+        Box::pin(self.queue_write(move |tx| {
+            Ok(match allowed_recipients(tx, &message)? {
+                Some(recipients) => SendOutcome::Stored(insert_message(tx, &message, &recipients)?),
+                None => SendOutcome::NotAllowed,
             })
-        })
-        .await
+        }))
     }
 
     async fn get_message(&self, id: MessageId) -> Result<Option<Message>> {
@@ -1177,16 +1223,7 @@ impl GroupStore for SqliteStore {
     }
 
     async fn group_member_ids(&self, group: GroupId) -> Result<Vec<UserId>> {
-        self.read(move |conn| {
-            let mut statement = conn.prepare_cached(
-                "SELECT user_id FROM group_members WHERE group_id = ?1 AND left_seq IS NULL",
-            )?;
-            let members = statement
-                .query_map([group.to_string()], |row| parse_at(row, 0))?
-                .collect::<rusqlite::Result<Vec<_>>>()?;
-            Ok(members)
-        })
-        .await
+        self.read(move |conn| group_member_ids(conn, group)).await
     }
 
     async fn list_user_groups(&self, user: UserId) -> Result<Vec<Group>> {

@@ -213,12 +213,30 @@ impl SqliteStore {
         F: FnMut(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
         T: Send + 'static,
     {
+        self.queue_write(work).await
+    }
+
+    /// [`SqliteStore::write`], queued now rather than when the returned
+    /// future is first polled: the writer runs writes in the order they
+    /// were queued, so this call fixes the write's place.
+    pub(crate) fn queue_write<T, F>(
+        &self,
+        work: F,
+    ) -> impl Future<Output = Result<T>> + Send + 'static
+    where
+        F: FnMut(&WriteTx<'_>) -> DbResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        self.inner
+        let queued = self
+            .inner
             .writes
             .send(Box::new(Write::new(work, reply)))
-            .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+            .map_err(|_| writer_gone());
+        async move {
+            queued?;
+            answer.await.map_err(|_| writer_gone())?
+        }
     }
 
     /// Runs `work` on a reader thread. It sees every write that was

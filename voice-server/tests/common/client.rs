@@ -341,6 +341,12 @@ impl Socket {
         }
     }
 
+    /// Sends a close frame and goes on reading, as a device that leaves
+    /// cleanly does.
+    pub async fn send_close(&mut self) {
+        self.stream.send(WsMessage::Close(None)).await.unwrap();
+    }
+
     pub async fn close(mut self) {
         let _ = self.stream.close(None).await;
     }
