@@ -388,6 +388,15 @@ async fn relay(
     let mut shutdown = state.shutdown.subscribe();
 
     loop {
+        // Committed sends go first: everyone else's devices wait for their
+        // events, and a late publish holds back a gap at each of them
+        // (select! alone picks among the ready branches at random).
+        if let Some(Some(answer)) = sends.next().now_or_never() {
+            if let Err(close) = Box::pin(answer_sends(state, link, answer, sends)).await {
+                return close;
+            }
+            continue;
+        }
         tokio::select! {
             Some(answer) = sends.next(), if !sends.is_empty() => {
                 if let Err(close) = Box::pin(answer_sends(state, link, answer, sends)).await {
@@ -678,20 +687,25 @@ async fn handle_client_message(
     }
 }
 
-/// Answers a send, and those after it that are already answered, then
-/// publishes the stored messages' events: this device gets each answer
-/// before its own copy of the event. `Err` ends the connection.
+/// Publishes the events of a committed send, and of those after it that
+/// are committed too, then answers them in order. Publishing goes first:
+/// the other devices should not wait on this one's socket, and this
+/// device still gets each answer before its own copy of the event, which
+/// is forwarded only after this returns. `Err` ends the connection.
 async fn answer_sends(
     state: &AppState,
     link: &mut Link,
     first: (String, ApiResult<MessageInsert>),
     sends: &mut Sends,
 ) -> Result<(), Option<Close>> {
+    let mut done = vec![first];
+    while let Some(Some(answer)) = sends.next().now_or_never() {
+        done.push(answer);
+    }
     let mut deliveries = Vec::new();
-    let mut next = Some(first);
-    let mut answered = Ok(());
-    while let Some((reference, outcome)) = next.take() {
-        let answer = match outcome {
+    let answers: Vec<Event> = done
+        .into_iter()
+        .map(|(reference, outcome)| match outcome {
             Ok(inserted) => {
                 deliveries.extend(inserted.deliveries);
                 Event::MessageSent {
@@ -703,18 +717,15 @@ async fn answer_sends(
                 error: error.0,
                 reference: Some(reference),
             },
-        };
-        // A device that is gone still has its messages published.
-        if answered.is_ok() {
-            answered = link.feed_unshared(&ServerEvent::new(None, answer)).await;
-        }
-        next = sends.next().now_or_never().flatten();
-    }
-    if answered.is_ok() {
-        answered = link.flush().await;
-    }
+        })
+        .collect();
     publish(state, &deliveries).await;
-    answered.map_err(|()| None)
+    for answer in answers {
+        link.feed_unshared(&ServerEvent::new(None, answer))
+            .await
+            .map_err(|()| None)?;
+    }
+    link.flush().await.map_err(|()| None)
 }
 
 /// Relays a typing indicator to the conversation's other participants.

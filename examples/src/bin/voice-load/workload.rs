@@ -768,9 +768,11 @@ async fn send_all(
         let Ok(permit) = tracker.in_flight.acquire().await else {
             break;
         };
-        let scheduled_ns = tracker
-            .now_ns()
-            .saturating_sub(Instant::now().saturating_duration_since(scheduled).as_nanos() as u64);
+        let scheduled_ns = tracker.now_ns().saturating_sub(
+            Instant::now()
+                .saturating_duration_since(scheduled)
+                .as_nanos() as u64,
+        );
         let (sender, path, body) = match settings.load {
             Load::Direct => {
                 let pair = k % pairs;
