@@ -346,8 +346,11 @@ fn insert_message(
         ms(message.created_at),
     ])?;
     // A direct conversation's users are in its id; a group's come
-    // from its membership rows instead.
-    if let Conversation::Direct { low, high } = message.conversation {
+    // from its membership rows instead. They are written with the first
+    // message and never removed, so later messages need not look.
+    if let Conversation::Direct { low, high } = message.conversation
+        && seq == 1
+    {
         for user in [low, high] {
             tx.prepare_cached(
                 "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
