@@ -1147,7 +1147,9 @@ async fn open_socket(url: &str, config: &EventsConfig) -> std::result::Result<So
     let ws_config = WebSocketConfig::default()
         .max_message_size(Some(config.max_message_bytes))
         .max_frame_size(Some(config.max_message_bytes));
-    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), false);
+    // No Nagle: sends and call signals are small frames that should go at
+    // once, not wait for the acknowledgement of the one before.
+    let connecting = tokio_tungstenite::connect_async_with_config(request, Some(ws_config), true);
     match tokio::time::timeout(config.connect_timeout, connecting).await {
         Err(_) => Err("timed out opening the WebSocket".into()),
         Ok(Ok((socket, _))) => Ok(socket),

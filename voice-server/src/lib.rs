@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
 use axum::http::Request;
+use axum::serve::ListenerExt as _;
 use axum::{Extension, Router};
 use tokio::net::TcpListener;
 use tower_http::trace::TraceLayer;
@@ -226,7 +227,15 @@ impl Server {
             let _ = stopping_tx.send(());
         };
         let service = app(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        let serve = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
+        // Events are small frames written as they come: with Nagle's
+        // algorithm a frame written while the last is unacknowledged waits
+        // for that acknowledgement, which the peer may delay.
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+            }
+        });
+        let serve = axum::serve(listener, service).with_graceful_shutdown(shutdown);
         // Boxed rather than pinned on the stack, so it can be dropped (and
         // with it the router's state) before the database closes.
         let mut serve = Box::pin(serve.into_future());

@@ -651,7 +651,9 @@ async fn connect_all(
                         .await?;
                     format!("{ws_base}/v1/ws?ticket={}", ticket.ticket)
                 };
-                let (socket, _) = tokio_tungstenite::connect_async(&url)
+                // No Nagle: each send is a small frame that should go at
+                // once, as a real client's would.
+                let (socket, _) = tokio_tungstenite::connect_async_with_config(&url, None, true)
                     .await
                     .map_err(|e| format!("{url}: {e}"))?;
                 let receiver = peer.index;
