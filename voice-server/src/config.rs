@@ -267,6 +267,13 @@ pub struct WsConfig {
     /// is answered, so a device's sends share batches with each other's
     /// instead of waiting one commit each.
     pub max_pending_sends: usize,
+    /// TCP_NODELAY on every connection the server accepts. On, each
+    /// flush of a WebSocket goes out at once; off, Nagle's algorithm
+    /// holds a small write while the one before is unacknowledged (up to
+    /// the peer's delayed-acknowledgement timer, 40 ms on Linux, more on
+    /// some systems), which merges packets under heavy load (saturated
+    /// group fan-out measured about 30% higher) at that cost in latency.
+    pub tcp_nodelay: bool,
 }
 
 impl Default for WsConfig {
@@ -286,6 +293,7 @@ impl Default for WsConfig {
             reorder_wait_ms: 20,
             reorder_max_events: 256,
             max_pending_sends: 32,
+            tcp_nodelay: true,
         }
     }
 }

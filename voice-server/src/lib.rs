@@ -226,12 +226,11 @@ impl Server {
             connections.send_replace(true);
             let _ = stopping_tx.send(());
         };
+        let nodelay = self.state.config.ws.tcp_nodelay;
         let service = app(self.state).into_make_service_with_connect_info::<SocketAddr>();
-        // Events are small frames written as they come: with Nagle's
-        // algorithm a frame written while the last is unacknowledged waits
-        // for that acknowledgement, which the peer may delay.
-        let listener = self.listener.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
+        // See `ws.tcp_nodelay`: latency against packets under load.
+        let listener = self.listener.tap_io(move |tcp| {
+            if let Err(error) = tcp.set_nodelay(nodelay) {
                 tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
             }
         });
