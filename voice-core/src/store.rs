@@ -128,6 +128,17 @@ pub trait MessageStore: Send + Sync {
     /// have many sends in flight and keep their order.
     fn send_message(&self, message: NewMessage) -> QueuedWrite<SendOutcome>;
 
+    /// Who hears what `sender` says in `conversation` now (both users of a
+    /// direct conversation, a group's current members), or `None` if
+    /// `sender` may not speak there: the rule
+    /// [`MessageStore::send_message`] applies, for what is not stored
+    /// (typing).
+    async fn allowed_recipients(
+        &self,
+        sender: UserId,
+        conversation: Conversation,
+    ) -> Result<Option<Vec<UserId>>>;
+
     /// Stores a message with the next `seq` of its conversation and, in the
     /// same transaction, appends `message.created` to the event log of each
     /// of `recipients` (so an acknowledged message is never without its

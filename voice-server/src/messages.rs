@@ -23,7 +23,6 @@ use voice_core::{Error, ErrorCode, MessageId, UserId};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiResult, Json, Path, Query};
-use crate::friends::are_friends;
 use crate::notify::publish;
 use crate::state::AppState;
 
@@ -57,20 +56,6 @@ pub async fn participants(state: &AppState, conversation: Conversation) -> ApiRe
     Ok(match conversation {
         Conversation::Direct { low, high } => vec![low, high],
         Conversation::Group(group) => state.store.group_member_ids(group).await?,
-    })
-}
-
-/// Whether `user` may send to `conversation` now.
-pub async fn can_send(
-    state: &AppState,
-    user: UserId,
-    conversation: Conversation,
-) -> ApiResult<bool> {
-    Ok(match conversation {
-        Conversation::Direct { low, high } if low == user => are_friends(state, user, high).await?,
-        Conversation::Direct { low, high } if high == user => are_friends(state, user, low).await?,
-        Conversation::Direct { .. } => false,
-        Conversation::Group(group) => state.store.group_member(group, user).await?.is_some(),
     })
 }
 

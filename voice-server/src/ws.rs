@@ -63,7 +63,7 @@ use crate::auth::tokens::{hash_token, random_token};
 use crate::calls::routes::call_error;
 use crate::error::{ApiError, ApiResult, Json, Query};
 use crate::event_order::EventOrder;
-use crate::messages::{can_send, check_message_rate, participants, queue_message};
+use crate::messages::{check_message_rate, queue_message};
 use crate::notify::{publish, publish_ephemeral};
 use crate::state::AppState;
 
@@ -731,15 +731,14 @@ async fn answer_sends(
 /// Relays a typing indicator to the conversation's other participants.
 async fn typing(state: &AppState, user: AuthUser, conversation: Conversation) -> Result<(), Error> {
     check_message_rate(state, user.user_id).map_err(|e| e.0)?;
-    if !can_send(state, user.user_id, conversation)
-        .await
-        .map_err(|e| e.0)?
-    {
+    let Some(participants) = state
+        .store
+        .allowed_recipients(user.user_id, conversation)
+        .await?
+    else {
         return Err(Error::forbidden("you cannot write in this conversation"));
-    }
-    let others = participants(state, conversation)
-        .await
-        .map_err(|e| e.0)?
+    };
+    let others = participants
         .into_iter()
         .filter(|other| *other != user.user_id)
         .map(|other| {

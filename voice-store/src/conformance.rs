@@ -969,9 +969,6 @@ pub async fn sends(store: &dyn Store) {
         new_user(store).await.id,
         new_user(store).await.id,
     ];
-    let refused = |outcome: SendOutcome, what: &str| {
-        assert_eq!(outcome, SendOutcome::NotAllowed, "{what}");
-    };
     let stored = |outcome: SendOutcome| match outcome {
         SendOutcome::Stored(inserted) => inserted,
         SendOutcome::NotAllowed => panic!("a permitted send was refused"),
@@ -979,12 +976,24 @@ pub async fn sends(store: &dyn Store) {
     let send = |conversation: Conversation, sender: UserId, at: OffsetDateTime| {
         store.send_message(new_message(conversation, sender, at))
     };
+    // Refused by send_message, and so by allowed_recipients, which
+    // applies the same rule without storing anything.
+    let refused = async |conversation: Conversation, sender: UserId, what: &str| {
+        let outcome = send(conversation, sender, t0).await.unwrap();
+        assert_eq!(outcome, SendOutcome::NotAllowed, "{what}");
+        let recipients = store.allowed_recipients(sender, conversation).await;
+        assert_eq!(recipients.unwrap(), None, "{what}");
+    };
     let direct = Conversation::direct(a, b);
 
-    refused(send(direct, a, t0).await.unwrap(), "no relationship");
+    refused(direct, a, "no relationship").await;
     store.request_friend(a, b, t0).await.unwrap();
-    refused(send(direct, a, t0).await.unwrap(), "a pending request");
+    refused(direct, a, "a pending request").await;
     store.accept_friend(b, a, t0).await.unwrap();
+    assert_eq!(
+        store.allowed_recipients(b, direct).await.unwrap(),
+        Some(vec![a.min(b), a.max(b)])
+    );
     let new = new_message(direct, b, t0 + millis(1));
     let inserted = stored(store.send_message(new.clone()).await.unwrap());
     assert_eq!(inserted.message, expected(&new, 1));
@@ -1010,28 +1019,30 @@ pub async fn sends(store: &dyn Store) {
     assert_eq!(second.message, first.message);
     assert!(second.deliveries.is_empty());
     // A user is never a party to someone else's conversation.
-    refused(send(direct, stranger, t0).await.unwrap(), "an outsider");
+    refused(direct, stranger, "an outsider").await;
     store.block_user(b, a, t0).await.unwrap();
-    refused(send(direct, a, t0).await.unwrap(), "blocked");
+    refused(direct, a, "blocked").await;
 
     let group = new_group(owner, t0);
     store.create_group(&group, &[a, former]).await.unwrap();
     store.remove_group_member(group.id, former).await.unwrap();
     let in_group = Conversation::Group(group.id);
-    refused(send(in_group, stranger, t0).await.unwrap(), "not a member");
-    refused(send(in_group, former, t0).await.unwrap(), "a former member");
-    refused(
-        send(Conversation::Group(GroupId::new()), a, t0)
-            .await
-            .unwrap(),
-        "no such group",
-    );
+    refused(in_group, stranger, "not a member").await;
+    refused(in_group, former, "a former member").await;
+    refused(Conversation::Group(GroupId::new()), a, "no such group").await;
     let inserted = stored(send(in_group, a, t0 + millis(3)).await.unwrap());
     let mut recipients: Vec<UserId> = inserted.deliveries.iter().map(|d| d.user_id).collect();
     recipients.sort_unstable();
     let mut members = vec![owner, a];
     members.sort_unstable();
     assert_eq!(recipients, members, "the current members, the sender too");
+    let mut allowed = store
+        .allowed_recipients(a, in_group)
+        .await
+        .unwrap()
+        .expect("a member may speak in the group");
+    allowed.sort_unstable();
+    assert_eq!(allowed, members);
     assert_eq!(inserted.message.seq, 1);
 }
 

@@ -381,12 +381,14 @@ fn insert_message(
     })
 }
 
-/// Who gets a message `message.sender` sends to its conversation now, or
-/// `None` if they may not send there: both users of a direct conversation
-/// between friends, the current members of a group the sender is in.
-fn allowed_recipients(conn: &Connection, message: &NewMessage) -> DbResult<Option<Vec<UserId>>> {
-    let sender = message.sender;
-    Ok(match message.conversation {
+/// Who gets what `sender` sends to `conversation` now, or `None` if they
+/// may not send there: see [`MessageStore::allowed_recipients`].
+fn allowed_recipients(
+    conn: &Connection,
+    sender: UserId,
+    conversation: Conversation,
+) -> DbResult<Option<Vec<UserId>>> {
+    Ok(match conversation {
         Conversation::Direct { low, high } => {
             let other = if sender == low { high } else { low };
             let party = sender == low || sender == high;
@@ -887,11 +889,24 @@ impl MessageStore for SqliteStore {
 
     fn send_message(&self, message: NewMessage) -> QueuedWrite<SendOutcome> {
         Box::pin(self.queue_write(move |tx| {
-            Ok(match allowed_recipients(tx, &message)? {
-                Some(recipients) => SendOutcome::Stored(insert_message(tx, &message, &recipients)?),
-                None => SendOutcome::NotAllowed,
-            })
+            Ok(
+                match allowed_recipients(tx, message.sender, message.conversation)? {
+                    Some(recipients) => {
+                        SendOutcome::Stored(insert_message(tx, &message, &recipients)?)
+                    }
+                    None => SendOutcome::NotAllowed,
+                },
+            )
         }))
+    }
+
+    async fn allowed_recipients(
+        &self,
+        sender: UserId,
+        conversation: Conversation,
+    ) -> Result<Option<Vec<UserId>>> {
+        self.read(move |conn| allowed_recipients(conn, sender, conversation))
+            .await
     }
 
     async fn get_message(&self, id: MessageId) -> Result<Option<Message>> {
