@@ -15,6 +15,7 @@
 //! Loopback only, and bounded: `--duration` caps the time and
 //! `--max-messages` the count.
 
+mod bursts;
 mod process;
 mod relay;
 mod workload;

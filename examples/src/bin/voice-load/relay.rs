@@ -19,9 +19,11 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::serve::ListenerExt as _;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use tokio::sync::mpsc;
+
+use crate::bursts::write_bursts;
 
 #[derive(Default)]
 struct Relay {
@@ -85,18 +87,12 @@ async fn connect(
 }
 
 async fn run_socket(relay: Arc<Relay>, user: String, socket: WebSocket) {
-    let (tx, mut rx) = mpsc::unbounded_channel::<String>();
+    let (tx, rx) = mpsc::unbounded_channel::<String>();
     if let Ok(mut sockets) = relay.sockets.lock() {
         sockets.entry(user.clone()).or_default().push(tx.clone());
     }
-    let (mut sink, mut stream) = socket.split();
-    let writer = tokio::spawn(async move {
-        while let Some(text) = rx.recv().await {
-            if sink.send(Message::Text(text.into())).await.is_err() {
-                return;
-            }
-        }
-    });
+    let (sink, mut stream) = socket.split();
+    let writer = tokio::spawn(write_bursts(rx, sink, |text| Message::Text(text.into())));
     while let Some(Ok(message)) = stream.next().await {
         match message {
             Message::Close(_) => break,

@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt, stream};
+use futures_util::{StreamExt, stream};
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
+use crate::bursts::write_bursts;
 use crate::process::Target;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -657,15 +658,11 @@ async fn connect_all(
                     .await
                     .map_err(|e| format!("{url}: {e}"))?;
                 let receiver = peer.index;
-                let (mut sink, mut stream) = socket.split();
-                let (outgoing, mut to_send) = tokio::sync::mpsc::unbounded_channel::<String>();
-                let writer = tokio::spawn(async move {
-                    while let Some(text) = to_send.recv().await {
-                        if sink.send(Message::Text(text.into())).await.is_err() {
-                            return;
-                        }
-                    }
-                });
+                let (sink, mut stream) = socket.split();
+                let (outgoing, to_send) = tokio::sync::mpsc::unbounded_channel::<String>();
+                let writer = tokio::spawn(write_bursts(to_send, sink, |text| {
+                    Message::Text(text.into())
+                }));
                 let reader = tokio::spawn(async move {
                     while let Some(Ok(message)) = stream.next().await {
                         let Message::Text(text) = message else {
