@@ -664,9 +664,23 @@ async fn connect_all(
                     Message::Text(text.into())
                 }));
                 let reader = tokio::spawn(async move {
-                    while let Some(Ok(message)) = stream.next().await {
-                        let Message::Text(text) = message else {
-                            continue;
+                    // A socket ends only when the run is over and this
+                    // task is aborted; before that, its end is an error:
+                    // every delivery after it would be missing unexplained.
+                    while let Some(message) = stream.next().await {
+                        let text = match message {
+                            Ok(Message::Text(text)) => text,
+                            Ok(Message::Close(frame)) => {
+                                tracker.error(format!(
+                                    "the server closed user {receiver}'s socket: {frame:?}"
+                                ));
+                                return;
+                            }
+                            Ok(_) => continue,
+                            Err(error) => {
+                                tracker.error(format!("user {receiver}'s socket failed: {error}"));
+                                return;
+                            }
                         };
                         let Ok(event) = serde_json::from_str::<Incoming>(&text) else {
                             continue;
@@ -689,6 +703,7 @@ async fn connect_all(
                             _ => {}
                         }
                     }
+                    tracker.error(format!("user {receiver}'s socket ended"));
                 });
                 Ok(Socket {
                     reader,
