@@ -242,7 +242,13 @@ pub struct WsConfig {
     /// still arrive (up to `max_inbound_bytes`); this is what an idle
     /// connection costs (tungstenite's default is 128 KiB).
     pub read_buffer_bytes: usize,
-    /// The write buffer each connection keeps before flushing, in bytes.
+    /// Bytes of events a connection gathers before writing them to the
+    /// socket, short of a flush (each burst of events ends with one). A
+    /// burst larger than this goes out in several writes, so a small
+    /// value costs system calls under fan-out; a connection's buffer keeps
+    /// the largest size it reached, so a large one costs memory on busy
+    /// connections (an idle connection's is not affected). tungstenite's
+    /// own default is 128 KiB.
     pub write_buffer_bytes: usize,
     /// Seconds between pings.
     pub ping_interval_secs: u64,
@@ -284,7 +290,7 @@ impl Default for WsConfig {
             max_write_buffer_bytes: 1024 * 1024,
             max_inbound_bytes: 64 * 1024,
             read_buffer_bytes: 4 * 1024,
-            write_buffer_bytes: 4 * 1024,
+            write_buffer_bytes: 16 * 1024,
             ping_interval_secs: 20,
             idle_timeout_secs: 60,
             ticket_ttl_secs: 30,
