@@ -613,6 +613,10 @@ struct Incoming {
     #[serde(rename = "ref")]
     reference: Option<String>,
     error: Option<serde_json::Value>,
+    /// Set on stored events: the device's event seq.
+    seq: Option<u64>,
+    /// Set on `ready`: the seq the live events follow.
+    latest_seq: Option<u64>,
 }
 
 /// One user's open WebSocket: a task reading events, and a task writing
@@ -667,6 +671,7 @@ async fn connect_all(
                     // A socket ends only when the run is over and this
                     // task is aborted; before that, its end is an error:
                     // every delivery after it would be missing unexplained.
+                    let mut last_seq: Option<u64> = None;
                     while let Some(message) = stream.next().await {
                         let text = match message {
                             Ok(Message::Text(text)) => text,
@@ -682,9 +687,28 @@ async fn connect_all(
                                 return;
                             }
                         };
-                        let Ok(event) = serde_json::from_str::<Incoming>(&text) else {
-                            continue;
+                        let event = match serde_json::from_str::<Incoming>(&text) {
+                            Ok(event) => event,
+                            Err(error) => {
+                                tracker.error(format!("user {receiver} got {text}: {error}"));
+                                continue;
+                            }
                         };
+                        // Stored events must come one seq after another:
+                        // a jump is events the device never got.
+                        if event.kind == "ready" {
+                            last_seq = event.latest_seq;
+                        } else if let Some(seq) = event.seq {
+                            if let Some(last) = last_seq
+                                && seq != last + 1
+                            {
+                                tracker.error(format!(
+                                    "user {receiver} got seq {seq} after {last} ({})",
+                                    event.kind
+                                ));
+                            }
+                            last_seq = Some(seq);
+                        }
                         match event.kind.as_str() {
                             "message.created" => {
                                 if let Some(body) = event.message.and_then(|m| m.body) {
@@ -697,6 +721,10 @@ async fn connect_all(
                                 }
                                 None => tracker.error(format!("{:?}", event.error)),
                             },
+                            "resync_required" => {
+                                tracker
+                                    .error(format!("user {receiver} was told to resync: {text}"));
+                            }
                             "call.expired" if receiver.is_multiple_of(2) => {
                                 tracker.expired.fetch_add(1, Ordering::Relaxed);
                             }
