@@ -91,6 +91,8 @@ async fn run_socket(relay: Arc<Relay>, user: String, socket: WebSocket) {
     if let Ok(mut sockets) = relay.sockets.lock() {
         sockets.entry(user.clone()).or_default().push(tx.clone());
     }
+    // As voice-server does: live events start here.
+    let _ = tx.send(r#"{"type":"ready","latest_seq":0}"#.to_owned());
     let (sink, mut stream) = socket.split();
     let writer = tokio::spawn(write_bursts(rx, sink, |text| Message::Text(text.into())));
     while let Some(Ok(message)) = stream.next().await {

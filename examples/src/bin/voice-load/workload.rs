@@ -102,6 +102,9 @@ pub struct Report {
     pub missing: u64,
     /// Deliveries beyond one per recipient.
     pub duplicates: u64,
+    /// A few of the missing messages, each with the users it never
+    /// reached and the last event seq each of them got.
+    pub missing_samples: Vec<String>,
     pub exactly_once: bool,
     /// Calls workload: `call.expired` events the callers received.
     pub calls_expired_seen: Option<u64>,
@@ -190,6 +193,13 @@ struct Tracker {
     start: Instant,
     expected_per_message: u32,
     counts: Vec<AtomicU32>,
+    /// Who got each message: `words` bits (one per user) per message.
+    received_by: Vec<AtomicU64>,
+    words: usize,
+    /// Who sent each message (`u32::MAX`: not sent).
+    sender: Vec<AtomicU32>,
+    /// The last event seq each user's socket got.
+    last_seq: Vec<AtomicU64>,
     acked: Vec<AtomicBool>,
     deliveries: AtomicU64,
     last_delivery_ns: AtomicU64,
@@ -205,13 +215,18 @@ struct Tracker {
 }
 
 impl Tracker {
-    fn new(messages: usize, expected_per_message: u32, max_in_flight: usize) -> Self {
+    fn new(messages: usize, users: usize, expected_per_message: u32, max_in_flight: usize) -> Self {
+        let words = users.div_ceil(64).max(1);
         let histogram =
             || Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid bounds"));
         Self {
             start: Instant::now(),
             expected_per_message,
             counts: (0..messages).map(|_| AtomicU32::new(0)).collect(),
+            received_by: (0..messages * words).map(|_| AtomicU64::new(0)).collect(),
+            words,
+            sender: (0..messages).map(|_| AtomicU32::new(u32::MAX)).collect(),
+            last_seq: (0..users).map(|_| AtomicU64::new(0)).collect(),
             acked: (0..messages).map(|_| AtomicBool::new(false)).collect(),
             deliveries: AtomicU64::new(0),
             last_delivery_ns: AtomicU64::new(0),
@@ -284,11 +299,52 @@ impl Tracker {
         if let Some(count) = self.counts.get(id) {
             count.fetch_add(1, Ordering::Relaxed);
         }
+        if let Some(word) = self.received_by.get(id * self.words + receiver / 64) {
+            word.fetch_or(1 << (receiver % 64), Ordering::Relaxed);
+        }
         self.deliveries.fetch_add(1, Ordering::Relaxed);
         self.last_delivery_ns.fetch_max(now, Ordering::Relaxed);
         if let Ok(mut h) = self.latency.lock() {
             let _ = h.record((now.saturating_sub(sent_ns) / 1000).max(1));
         }
+    }
+
+    /// Up to `limit` acknowledged messages that some user never got, with
+    /// those users (all but the sender, when every user should have got
+    /// it) and the last event seq each of them got.
+    fn missing_samples(&self, limit: usize) -> Vec<String> {
+        let users = self.last_seq.len();
+        let to_everyone = self.expected_per_message as usize + 1 == users;
+        (0..self.counts.len())
+            .filter(|&k| {
+                self.acked[k].load(Ordering::Relaxed)
+                    && self.counts[k].load(Ordering::Relaxed) < self.expected_per_message
+            })
+            .take(limit)
+            .map(|k| {
+                let count = self.counts[k].load(Ordering::Relaxed);
+                let sender = self.sender[k].load(Ordering::Relaxed) as usize;
+                let mut text = format!(
+                    "message {k} from user {sender} reached {count} of {}",
+                    self.expected_per_message
+                );
+                if to_everyone {
+                    let missed: Vec<String> = (0..users)
+                        .filter(|&user| user != sender)
+                        .filter(|&user| {
+                            let word = &self.received_by[k * self.words + user / 64];
+                            word.load(Ordering::Relaxed) & (1 << (user % 64)) == 0
+                        })
+                        .map(|user| {
+                            let seq = self.last_seq[user].load(Ordering::Relaxed);
+                            format!("user {user} (last seq {seq})")
+                        })
+                        .collect();
+                    text.push_str(&format!("; not {}", missed.join(", ")));
+                }
+                text
+            })
+            .collect()
     }
 
     fn outstanding(&self) -> u64 {
@@ -347,7 +403,12 @@ pub async fn run(target: &Target, settings: &Settings, baseline: bool) -> Result
         Load::Fanout => (peers.len() as u32).saturating_sub(1),
         Load::Idle | Load::Calls => 0,
     };
-    let tracker = Arc::new(Tracker::new(total, expected, settings.max_in_flight));
+    let tracker = Arc::new(Tracker::new(
+        total,
+        peers.len(),
+        expected,
+        settings.max_in_flight,
+    ));
 
     let rss_before_connections = target.rss();
     let sockets = connect_all(&http, &peers, baseline, tracker.clone()).await?;
@@ -456,6 +517,7 @@ pub async fn run(target: &Target, settings: &Settings, baseline: bool) -> Result
                 duplicates += u64::from(count.saturating_sub(expected));
             }
             report.missing = missing;
+            report.missing_samples = tracker.missing_samples(5);
             report.duplicates = duplicates;
             report.exactly_once = missing == 0 && duplicates == 0 && acked > 0;
         }
@@ -667,6 +729,8 @@ async fn connect_all(
                 let writer = tokio::spawn(write_bursts(to_send, sink, |text| {
                     Message::Text(text.into())
                 }));
+                let (ready, is_ready) = tokio::sync::oneshot::channel::<()>();
+                let mut ready = Some(ready);
                 let reader = tokio::spawn(async move {
                     // A socket ends only when the run is over and this
                     // task is aborted; before that, its end is an error:
@@ -698,6 +762,9 @@ async fn connect_all(
                         // a jump is events the device never got.
                         if event.kind == "ready" {
                             last_seq = event.latest_seq;
+                            if let Some(ready) = ready.take() {
+                                let _ = ready.send(());
+                            }
                         } else if let Some(seq) = event.seq {
                             if let Some(last) = last_seq
                                 && seq != last + 1
@@ -708,6 +775,7 @@ async fn connect_all(
                                 ));
                             }
                             last_seq = Some(seq);
+                            tracker.last_seq[receiver].store(seq, Ordering::Relaxed);
                         }
                         match event.kind.as_str() {
                             "message.created" => {
@@ -733,6 +801,17 @@ async fn connect_all(
                     }
                     tracker.error(format!("user {receiver}'s socket ended"));
                 });
+                // Live events start at `ready`: what is stored before it is
+                // history, not a delivery, so no send may go before every
+                // socket is there.
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(10), is_ready).await,
+                    Ok(Ok(()))
+                ) {
+                    reader.abort();
+                    writer.abort();
+                    return Err(format!("{url}: no ready event within 10 s"));
+                }
                 Ok(Socket {
                     reader,
                     writer,
@@ -852,6 +931,9 @@ async fn send_all(
         };
         // The permit goes back when the answer is seen.
         permit.forget();
+        if let Some(slot) = tracker.sender.get(k) {
+            slot.store(sender as u32, Ordering::Relaxed);
+        }
         if settings.via == Via::Socket && path == "/v1/messages" {
             let mut frame = body;
             frame["type"] = "message.send".into();
