@@ -198,7 +198,7 @@ struct Tracker {
     words: usize,
     /// Who sent each message (`u32::MAX`: not sent).
     sender: Vec<AtomicU32>,
-    /// The last event seq each user's socket got.
+    /// The last event seq each user's socket got (from `ready` on).
     last_seq: Vec<AtomicU64>,
     acked: Vec<AtomicBool>,
     deliveries: AtomicU64,
@@ -316,10 +316,7 @@ impl Tracker {
         let users = self.last_seq.len();
         let to_everyone = self.expected_per_message as usize + 1 == users;
         (0..self.counts.len())
-            .filter(|&k| {
-                self.acked[k].load(Ordering::Relaxed)
-                    && self.counts[k].load(Ordering::Relaxed) < self.expected_per_message
-            })
+            .filter(|&k| self.is_missing(k))
             .take(limit)
             .map(|k| {
                 let count = self.counts[k].load(Ordering::Relaxed);
@@ -347,14 +344,16 @@ impl Tracker {
             .collect()
     }
 
+    /// Whether message `k` was acknowledged but some recipient has not
+    /// got it (yet).
+    fn is_missing(&self, k: usize) -> bool {
+        self.acked[k].load(Ordering::Relaxed)
+            && self.counts[k].load(Ordering::Relaxed) < self.expected_per_message
+    }
+
     fn outstanding(&self) -> u64 {
-        self.acked
-            .iter()
-            .zip(&self.counts)
-            .filter(|(acked, count)| {
-                acked.load(Ordering::Relaxed)
-                    && count.load(Ordering::Relaxed) < self.expected_per_message
-            })
+        (0..self.counts.len())
+            .filter(|&k| self.is_missing(k))
             .count() as u64
     }
 }
@@ -508,14 +507,12 @@ pub async fn run(target: &Target, settings: &Settings, baseline: bool) -> Result
         if settings.load == Load::Calls {
             report.calls_expired_seen = Some(tracker.expired.load(Ordering::Relaxed));
         } else {
-            let (mut missing, mut duplicates) = (0, 0);
-            for (acked, count) in tracker.acked.iter().zip(&tracker.counts) {
-                let count = count.load(Ordering::Relaxed);
-                if acked.load(Ordering::Relaxed) && count < expected {
-                    missing += 1;
-                }
-                duplicates += u64::from(count.saturating_sub(expected));
-            }
+            let missing = tracker.outstanding();
+            let duplicates = tracker
+                .counts
+                .iter()
+                .map(|count| u64::from(count.load(Ordering::Relaxed).saturating_sub(expected)))
+                .sum();
             report.missing = missing;
             report.missing_samples = tracker.missing_samples(5);
             report.duplicates = duplicates;
@@ -735,7 +732,6 @@ async fn connect_all(
                     // A socket ends only when the run is over and this
                     // task is aborted; before that, its end is an error:
                     // every delivery after it would be missing unexplained.
-                    let mut last_seq: Option<u64> = None;
                     while let Some(message) = stream.next().await {
                         let text = match message {
                             Ok(Message::Text(text)) => text,
@@ -760,22 +756,20 @@ async fn connect_all(
                         };
                         // Stored events must come one seq after another:
                         // a jump is events the device never got.
+                        let last_seq = &tracker.last_seq[receiver];
                         if event.kind == "ready" {
-                            last_seq = event.latest_seq;
+                            last_seq.store(event.latest_seq.unwrap_or(0), Ordering::Relaxed);
                             if let Some(ready) = ready.take() {
                                 let _ = ready.send(());
                             }
                         } else if let Some(seq) = event.seq {
-                            if let Some(last) = last_seq
-                                && seq != last + 1
-                            {
+                            let last = last_seq.swap(seq, Ordering::Relaxed);
+                            if seq != last + 1 {
                                 tracker.error(format!(
                                     "user {receiver} got seq {seq} after {last} ({})",
                                     event.kind
                                 ));
                             }
-                            last_seq = Some(seq);
-                            tracker.last_seq[receiver].store(seq, Ordering::Relaxed);
                         }
                         match event.kind.as_str() {
                             "message.created" => {
