@@ -23,7 +23,7 @@ use voice_core::{Error, ErrorCode, MessageId, UserId};
 
 use crate::auth::AuthUser;
 use crate::error::{ApiResult, Json, Path, Query};
-use crate::notify::publish;
+use crate::notify::{publish, to_the_end};
 use crate::state::AppState;
 
 /// History page size when the client does not say.
@@ -69,8 +69,13 @@ async fn send(
     user: AuthUser,
     Json(request): Json<SendMessageRequest>,
 ) -> ApiResult<(StatusCode, Json<Message>)> {
-    let inserted = queue_message(&state, user.user_id, request).await?;
-    publish(&state, &inserted.deliveries).await;
+    let queued = queue_message(&state, user.user_id, request);
+    let inserted = to_the_end(async move {
+        let inserted = queued.await?;
+        publish(&state, &inserted.deliveries).await;
+        ApiResult::Ok(inserted)
+    })
+    .await??;
     let status = if inserted.created {
         StatusCode::CREATED
     } else {
@@ -183,12 +188,18 @@ async fn remove(
         return Err(Error::forbidden("you can only delete your own messages").into());
     }
     let recipients = participants(&state, message.conversation).await?;
-    let deletion = state
-        .store
-        .delete_message(id, OffsetDateTime::now_utc(), &recipients)
-        .await?
-        .ok_or_else(not_found)?;
-    publish(&state, &deletion.deliveries).await;
+    let deletion = to_the_end(async move {
+        let deletion = state
+            .store
+            .delete_message(id, OffsetDateTime::now_utc(), &recipients)
+            .await?;
+        if let Some(deletion) = &deletion {
+            publish(&state, &deletion.deliveries).await;
+        }
+        ApiResult::Ok(deletion)
+    })
+    .await??
+    .ok_or_else(not_found)?;
     Ok(Json(deletion.message))
 }
 

@@ -28,12 +28,16 @@ impl Notifier {
         if events.is_empty() {
             return Ok(());
         }
-        let deliveries = self
-            .store
-            .append_events(&events, OffsetDateTime::now_utc())
-            .await?;
-        self.publish(&deliveries).await;
-        Ok(())
+        let notifier = self.clone();
+        to_the_end(async move {
+            let deliveries = notifier
+                .store
+                .append_events(&events, OffsetDateTime::now_utc())
+                .await?;
+            notifier.publish(&deliveries).await;
+            Ok(())
+        })
+        .await?
     }
 
     /// Pushes already stored events to connected devices.
@@ -101,6 +105,20 @@ impl Encoder {
         self.previous = Some(shared.clone());
         shared
     }
+}
+
+/// Runs `work` in a task of its own and waits for it. A request's future
+/// is dropped when its client hangs up, but a write it queued commits
+/// anyway: a write and the publishing of its events go in `work`, so that
+/// whoever committed events also publishes them, whether or not anybody
+/// still waits for the answer.
+pub async fn to_the_end<T: Send + 'static>(
+    work: impl Future<Output = T> + Send + 'static,
+) -> Result<T> {
+    tokio::spawn(work).await.map_err(|error| {
+        tracing::error!(%error, "a write and publish task failed");
+        voice_core::Error::internal()
+    })
 }
 
 /// [`Notifier::notify`] with the state's store and bus.

@@ -152,6 +152,66 @@ async fn a_direct_message_reaches_every_device_of_both_users() {
     assert_eq!(conversations["conversations"][0]["unread"], 0);
 }
 
+/// Sends `request` (a whole HTTP/1.1 request) and hangs up before the
+/// answer, between the server queueing the request's write and its
+/// commit: another connection holds the database's write lock meanwhile,
+/// long enough for the server to queue the write and then to drop the
+/// request's future when it sees the hang-up. Then the write commits.
+async fn send_and_hang_up_before_the_commit(server: &TestServer, request: String) {
+    use tokio::io::AsyncWriteExt;
+    let lock = rusqlite::Connection::open(server.data_dir.path().join("voice.db")).unwrap();
+    lock.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    tcp.shutdown().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    lock.execute_batch("COMMIT").unwrap();
+}
+
+/// A `method` request to `path` as `user` with a JSON `body`, as raw
+/// HTTP/1.1.
+fn raw_request(server: &TestServer, user: &User, method: &str, path: &str, body: &Value) -> String {
+    let body = body.to_string();
+    format!(
+        "{method} {path} HTTP/1.1\r\nhost: {}\r\nauthorization: Bearer {}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        server.addr,
+        user.token,
+        body.len()
+    )
+}
+
+/// A write queued before its sender hangs up commits anyway; its events
+/// must then go out live too, not wait for a later event or a reconnect
+/// to bring them.
+#[tokio::test]
+async fn a_send_or_delete_whose_client_hangs_up_still_goes_out_live() {
+    let server = server().await;
+    let [alice, bob] = User::sign_in_all(&server, ["alice", "bob"]).await;
+    befriend(&alice, &bob).await;
+    let mut socket = bob.connect(None).await;
+    socket.next_of("ready").await;
+
+    for i in 0..3 {
+        let body = json!({ "to": { "user": bob.id }, "body": format!("gone {i}") });
+        let request = raw_request(&server, &alice, "POST", "/v1/messages", &body);
+        send_and_hang_up_before_the_commit(&server, request).await;
+        let event = socket.next_stored().await;
+        assert_eq!(event["type"], "message.created");
+        assert_eq!(event["message"]["body"], format!("gone {i}"));
+    }
+
+    let sent = alice.message(&bob, "to delete").await;
+    socket.next_of("message.created").await;
+    let path = format!("/v1/messages/{}", sent["id"].as_str().unwrap());
+    let request = raw_request(&server, &alice, "DELETE", &path, &json!({}));
+    send_and_hang_up_before_the_commit(&server, request).await;
+    let event = socket.next_stored().await;
+    assert_eq!(event["type"], "message.deleted");
+    assert_eq!(event["message_id"], sent["id"]);
+}
+
 #[tokio::test]
 async fn only_friends_can_message_and_blocks_stop_everything() {
     let server = server().await;
@@ -1145,4 +1205,19 @@ async fn signing_out_closes_the_devices_socket() {
     assert_eq!(socket.ended().await, Ended::Closed(Some(4001)));
     // The other device stays connected and signed in.
     assert_eq!(other_device.get("/v1/me").await.0, 200);
+
+    // Signing out and hanging up at once still closes the device's socket.
+    let mut other = other_device.connect(None).await;
+    other.next_of("ready").await;
+    let request = raw_request(
+        &server,
+        &other_device,
+        "POST",
+        "/v1/auth/logout",
+        &json!({}),
+    );
+    send_and_hang_up_before_the_commit(&server, request).await;
+    assert_eq!(other.next_event().await["type"], "session.ended");
+    assert_eq!(other.ended().await, Ended::Closed(Some(4001)));
+    assert_eq!(other_device.get("/v1/me").await.0, 401);
 }

@@ -36,6 +36,7 @@ use super::tokens::{
     LOGIN_CODE_PREFIX, REFRESH_PREFIX, hash_token, is_valid_challenge, pkce_challenge, random_token,
 };
 use crate::error::{ApiResult, Json, Query};
+use crate::notify::to_the_end;
 use crate::rate_limit::limit_by_ip;
 use crate::state::AppState;
 
@@ -311,15 +312,15 @@ async fn refresh(
             if is_lost_response_retry(&state, &spent, &record, now).await? {
                 (spent.user_id, spent.session_id)
             } else {
-                state.store.revoke_session(spent.session_id, now).await?;
-                tracing::warn!(session = %spent.session_id, "refresh token reused; session revoked");
-                end_device_connection(
+                end_session(
                     &state,
                     spent.user_id,
                     spent.session_id,
                     "session revoked: refresh token reused",
+                    now,
                 )
-                .await;
+                .await?;
+                tracing::warn!(session = %spent.session_id, "refresh token reused; session revoked");
                 return Err(
                     Error::unauthorized("refresh token reused; the session was revoked").into(),
                 );
@@ -360,26 +361,43 @@ async fn is_lost_response_retry(
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
     responses((status = 204, description = "The session ended"), (status = 401, body = ErrorBody)))]
 async fn logout(State(state): State<AppState>, user: AuthUser) -> ApiResult<StatusCode> {
-    state
-        .store
-        .revoke_session(user.session_id, OffsetDateTime::now_utc())
-        .await?;
-    end_device_connection(&state, user.user_id, user.session_id, "signed out").await;
+    end_session(
+        &state,
+        user.user_id,
+        user.session_id,
+        "signed out",
+        OffsetDateTime::now_utc(),
+    )
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Closes the WebSocket of a device whose session ended.
-async fn end_device_connection(state: &AppState, user: UserId, session: SessionId, reason: &str) {
-    state
-        .notifier()
-        .publish_to_devices(
-            user,
-            voice_core::bus::Devices::Only(session),
-            voice_core::wire::Event::SessionEnded {
-                reason: reason.into(),
-            },
-        )
-        .await;
+/// Revokes `session` and closes its device's WebSocket. Both happen even
+/// if the client hangs up in between: a revoked session's socket must not
+/// stay open.
+async fn end_session(
+    state: &AppState,
+    user: UserId,
+    session: SessionId,
+    reason: &'static str,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let state = state.clone();
+    to_the_end(async move {
+        state.store.revoke_session(session, now).await?;
+        state
+            .notifier()
+            .publish_to_devices(
+                user,
+                voice_core::bus::Devices::Only(session),
+                voice_core::wire::Event::SessionEnded {
+                    reason: reason.into(),
+                },
+            )
+            .await;
+        Ok(())
+    })
+    .await?
 }
 
 #[utoipa::path(get, path = "/v1/me", tag = "auth", security(("bearer" = [])),
