@@ -16,7 +16,7 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 use voice_core::ids::{MessageId, UserId};
 use voice_core::model::{Conversation, Identity, Message, NewMessage};
-use voice_core::store::{MessageStore, UserStore};
+use voice_core::store::{MessageStore, Store, UserStore};
 use voice_store::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Concurrent inserts per iteration of the group-commit benchmark.
@@ -139,6 +139,32 @@ fn insert_one(c: &mut Criterion) {
             b.iter(|| raw.insert_in_one_transaction(1))
         });
     }
+    group.finish();
+}
+
+/// What a store call costs besides its SQL: `ping` runs `SELECT 1` on a
+/// reader thread, so it is the hand-off to that thread and the answer back
+/// to the awaiting task, next to the same statement on the calling thread.
+/// A write pays the same two hand-offs (to the writer thread and back).
+fn round_trip(c: &mut Criterion) {
+    let runtime = current_thread();
+    let mut group = c.benchmark_group("round_trip");
+    let fixture = Fixture::new(&runtime, Synchronous::Normal);
+    group.bench_function("store_ping", |b| {
+        b.iter(|| runtime.block_on(fixture.store.ping()).expect("ping"))
+    });
+    let raw = Raw::take_over(&runtime, fixture, Synchronous::Normal);
+    group.bench_function("raw_rusqlite_select_1", |b| {
+        b.iter(|| {
+            let one: i64 = raw
+                .conn
+                .prepare_cached("SELECT 1")
+                .expect("prepare")
+                .query_row([], |row| row.get(0))
+                .expect("select");
+            black_box(one)
+        })
+    });
     group.finish();
 }
 
@@ -368,5 +394,11 @@ fn history_page(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, insert_one, insert_concurrent, history_page);
+criterion_group!(
+    benches,
+    insert_one,
+    insert_concurrent,
+    history_page,
+    round_trip
+);
 criterion_main!(benches);
