@@ -22,7 +22,7 @@ pub struct Coturn {
 /// ephemeral range can be taken at any moment by some test's outgoing TCP
 /// connection or by another coturn's relay allocation, so the port is picked
 /// below that range, where only an explicit bind can take it.
-pub fn free_port_outside_the_ephemeral_range() -> u16 {
+fn free_port_outside_the_ephemeral_range() -> u16 {
     let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
         .ok()
         .and_then(|range| range.split_whitespace().next()?.parse::<u16>().ok())
@@ -104,9 +104,9 @@ impl Coturn {
         }
         let exit = coturn.child.try_wait().ok().flatten();
         let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        let tail: Vec<&str> = text.lines().rev().take(15).collect();
-        let tail: Vec<&str> = tail.into_iter().rev().collect();
-        Err(format!("port {port}, exit {exit:?}:\n{}", tail.join("\n")))
+        let lines: Vec<&str> = text.lines().collect();
+        let tail = lines[lines.len().saturating_sub(15)..].join("\n");
+        Err(format!("port {port}, exit {exit:?}:\n{tail}"))
     }
 
     fn wait_until_answering(&mut self, patience: Duration) -> bool {
