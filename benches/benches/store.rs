@@ -118,7 +118,8 @@ fn current_thread() -> Runtime {
 }
 
 /// One insert at a time, each awaited: the latency of a lone write, next to
-/// raw rusqlite doing one transaction per insert.
+/// raw rusqlite doing one transaction per insert, on the calling thread and
+/// on a thread of its own.
 fn insert_one(c: &mut Criterion) {
     let runtime = current_thread();
     let mut group = c.benchmark_group("insert_one");
@@ -138,8 +139,47 @@ fn insert_one(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("raw_rusqlite", name), |b| {
             b.iter(|| raw.insert_in_one_transaction(1))
         });
+        let on_a_thread = RawThread::start(raw);
+        group.bench_function(BenchmarkId::new("raw_rusqlite_on_a_thread", name), |b| {
+            b.iter(|| runtime.block_on(on_a_thread.insert()))
+        });
+        on_a_thread.stop();
     }
     group.finish();
+}
+
+/// Raw rusqlite behind the store's two hand-offs and nothing else: a
+/// thread of its own runs each insert, taken from a channel, and answers
+/// through a oneshot that the caller awaits. Set against `raw_rusqlite`, it
+/// prices the hand-offs on the machine at hand; set against `store`, what
+/// the store does besides them.
+struct RawThread {
+    jobs: std::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RawThread {
+    fn start(raw: Raw) -> RawThread {
+        let (jobs, queued) = std::sync::mpsc::channel::<tokio::sync::oneshot::Sender<()>>();
+        let thread = std::thread::spawn(move || {
+            while let Ok(reply) = queued.recv() {
+                raw.insert_in_one_transaction(1);
+                let _ = reply.send(());
+            }
+        });
+        RawThread { jobs, thread }
+    }
+
+    async fn insert(&self) {
+        let (reply, done) = tokio::sync::oneshot::channel();
+        self.jobs.send(reply).expect("raw thread running");
+        done.await.expect("raw insert answered");
+    }
+
+    fn stop(self) {
+        drop(self.jobs);
+        self.thread.join().expect("raw thread ends");
+    }
 }
 
 /// What a store call costs besides its SQL: `ping` runs `SELECT 1` on a
