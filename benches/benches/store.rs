@@ -16,13 +16,18 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 use voice_core::ids::{MessageId, UserId};
 use voice_core::model::{Conversation, Identity, Message, NewMessage};
-use voice_core::store::{MessageStore, Store, UserStore};
+use voice_core::store::{EventStore, MessageStore, Store, UserStore};
+use voice_core::wire::Event;
 use voice_store::{SqliteOptions, SqliteStore, Synchronous};
 
 /// Concurrent inserts per iteration of the group-commit benchmark.
 const CONCURRENT: usize = 64;
 /// Messages in the conversation the history benchmark pages through.
 const HISTORY: usize = 10_000;
+/// Users, and old events in each one's log, that the pruning benchmark
+/// prunes in one pass.
+const PRUNED_USERS: usize = 200;
+const PRUNED_EVENTS_PER_USER: usize = 1_000;
 
 const LEVELS: [(Synchronous, &str); 2] =
     [(Synchronous::Normal, "normal"), (Synchronous::Full, "full")];
@@ -434,11 +439,111 @@ fn history_page(c: &mut Criterion) {
     group.finish();
 }
 
+/// One pruning pass over [`PRUNED_USERS`] users with
+/// [`PRUNED_EVENTS_PER_USER`] old events each, while lone inserts go on
+/// one after another: pruning shares the writer with every message, so
+/// what matters besides the pass's time is how long the inserts wait.
+fn prune(c: &mut Criterion) {
+    let runtime = current_thread();
+    let mut group = c.benchmark_group("prune");
+    group.sample_size(10);
+    let events = (PRUNED_USERS * PRUNED_EVENTS_PER_USER) as u64;
+    group.throughput(Throughput::Elements(events));
+    let mut waits = Vec::new();
+    group.bench_function("pass_with_inserts_waiting", |b| {
+        b.iter_custom(|iterations| {
+            let mut total = std::time::Duration::ZERO;
+            for _ in 0..iterations {
+                let fixture = pruning_fixture(&runtime);
+                let (took, insert_waits) = runtime.block_on(prune_while_inserting(&fixture));
+                total += took;
+                waits = insert_waits;
+            }
+            total
+        })
+    });
+    group.finish();
+    waits.sort();
+    if let (Some(longest), Some(median)) = (waits.last(), waits.get(waits.len() / 2)) {
+        eprintln!(
+            "prune: {} lone inserts during the last pass; median wait {median:?}, longest {longest:?}",
+            waits.len()
+        );
+    }
+}
+
+/// A store with the usual two users plus [`PRUNED_USERS`] users whose logs
+/// hold [`PRUNED_EVENTS_PER_USER`] events dated an hour ago.
+fn pruning_fixture(runtime: &Runtime) -> Fixture {
+    let fixture = Fixture::new(runtime, Synchronous::Normal);
+    let an_hour_ago = OffsetDateTime::now_utc() - time::Duration::hours(1);
+    runtime.block_on(async {
+        for n in 0..PRUNED_USERS {
+            let identity = Identity {
+                issuer: "https://bench.example".to_owned(),
+                subject: format!("pruned-{n}"),
+                email: None,
+                email_verified: false,
+                name: None,
+                picture: None,
+                hosted_domain: None,
+            };
+            let (user, _) = fixture
+                .store
+                .upsert_user(&identity, an_hour_ago)
+                .await
+                .expect("user stored");
+            let log =
+                vec![(user.id, Event::FriendRemoved { user_id: user.id }); PRUNED_EVENTS_PER_USER];
+            fixture
+                .store
+                .append_events(&log, an_hour_ago)
+                .await
+                .expect("events stored");
+        }
+    });
+    fixture
+}
+
+/// Prunes everything older than a minute ago; meanwhile inserts one
+/// message at a time. Returns the pass's time and each insert's.
+async fn prune_while_inserting(
+    fixture: &Fixture,
+) -> (std::time::Duration, Vec<std::time::Duration>) {
+    let pruning_done = std::sync::atomic::AtomicBool::new(false);
+    let pass = async {
+        let started = std::time::Instant::now();
+        let removed = fixture
+            .store
+            .prune_events(OffsetDateTime::now_utc() - time::Duration::minutes(1))
+            .await
+            .expect("prune");
+        assert_eq!(removed, (PRUNED_USERS * PRUNED_EVENTS_PER_USER) as u64);
+        pruning_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        started.elapsed()
+    };
+    let inserts = async {
+        let mut waits = Vec::new();
+        while !pruning_done.load(std::sync::atomic::Ordering::Relaxed) {
+            let started = std::time::Instant::now();
+            fixture
+                .store
+                .insert_message(&fixture.message(), &fixture.recipients())
+                .await
+                .expect("insert");
+            waits.push(started.elapsed());
+        }
+        waits
+    };
+    tokio::join!(pass, inserts)
+}
+
 criterion_group!(
     benches,
     insert_one,
     insert_concurrent,
     history_page,
-    round_trip
+    round_trip,
+    prune
 );
 criterion_main!(benches);

@@ -78,6 +78,11 @@ pub struct SqliteOptions {
     /// every user's log, a batch of users at a time, so that other writes
     /// go on between the batches. At least one.
     pub prune_users_per_write: usize,
+    /// Most events one pruning write transaction deletes; a user with more
+    /// to prune is finished in the next. Every other write waits while one
+    /// runs: at the default, a few milliseconds (docs/BENCHMARKS.md). At
+    /// least one.
+    pub prune_events_per_write: usize,
 }
 
 impl Default for SqliteOptions {
@@ -90,6 +95,7 @@ impl Default for SqliteOptions {
             checkpoint_interval: Duration::from_millis(200),
             max_wal_pages: 32_000,
             prune_users_per_write: 1000,
+            prune_events_per_write: 10_000,
         }
     }
 }

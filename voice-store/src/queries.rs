@@ -25,7 +25,7 @@ use voice_core::store::{
 use voice_core::wire::{Delivery, Event, Replay};
 
 use crate::error::DbResult;
-use crate::store::SqliteStore;
+use crate::store::{PruneLimits, SqliteStore};
 use crate::worker::WriteTx;
 
 /// Unix milliseconds: the stored form of every timestamp.
@@ -1323,16 +1323,16 @@ impl EventStore for SqliteStore {
 
     async fn prune_events(&self, before: OffsetDateTime) -> Result<u64> {
         let before = ms(before);
-        let per_write = self.prune_users_per_write();
+        let limits = self.prune_limits();
         let mut removed = 0;
         let mut after = String::new();
         loop {
             let cursor = std::mem::take(&mut after);
-            let (chunk_removed, last_user) = self
-                .write(move |conn| prune_users_after(conn, &cursor, before, per_write))
+            let (chunk_removed, go_on_after) = self
+                .write(move |conn| prune_users_after(conn, &cursor, before, limits))
                 .await?;
             removed += chunk_removed;
-            match last_user {
+            match go_on_after {
                 Some(user) => after = user,
                 None => return Ok(removed),
             }
@@ -1340,10 +1340,12 @@ impl EventStore for SqliteStore {
     }
 }
 
-/// Prunes the logs of the `limit` users after `after` (by id; "" starts at
-/// the first): each loses its leading events created before `before`, and
-/// its row remembers the newest seq pruned. Returns the events removed and
-/// the user to go on after, `None` once every user has been looked at.
+/// Prunes the logs of up to `limits.users` users after `after` (by id; ""
+/// starts at the first), deleting at most `limits.events` events: each
+/// user loses its leading events created before `before`, and its row
+/// remembers the newest seq pruned. Returns the events removed and the
+/// user to go on after, `None` once every user has been looked at. A user
+/// cut short by the event limit is looked at again by the next call.
 ///
 /// Only the leading run goes, so a log stays one unbroken run of seqs and
 /// the walk stops at its first event to keep. Events enter a log in commit
@@ -1353,39 +1355,75 @@ fn prune_users_after(
     conn: &Connection,
     after: &str,
     before: i64,
-    limit: usize,
+    limits: PruneLimits,
 ) -> DbResult<(u64, Option<String>)> {
     let users = conn
         .prepare_cached("SELECT id FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?
-        .query_map(params![after, limit as i64], |row| row.get::<_, String>(0))?
+        .query_map(params![after, limits.users as i64], |row| {
+            row.get::<_, String>(0)
+        })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut removed = 0;
+    // The last user whose log is done, for the next call to go on after.
+    let mut done_up_to = after;
     for user in &users {
-        let first_kept: Option<i64> = conn
-            .prepare_cached(
-                "SELECT seq FROM events WHERE user_id = ?1 AND created_at >= ?2
-                 ORDER BY seq LIMIT 1",
-            )?
-            .query_row(params![user, before], |row| row.get(0))
-            .optional()?;
-        let last_pruned: Option<i64> = conn
-            .prepare_cached("SELECT max(seq) FROM events WHERE user_id = ?1 AND seq < ?2")?
-            .query_row(params![user, first_kept.unwrap_or(i64::MAX)], |row| {
-                row.get(0)
-            })?;
-        let Some(last_pruned) = last_pruned else {
+        let Some(prunable) = prunable_run(conn, user, before)? else {
+            done_up_to = user;
             continue;
         };
+        let budget = (limits.events as u64).saturating_sub(removed);
+        // The run is unbroken, so its first `budget` seqs are that many events.
+        let cut = prunable
+            .last
+            .min(prunable.first.saturating_add(budget as i64 - 1));
         removed += conn
             .prepare_cached("DELETE FROM events WHERE user_id = ?1 AND seq <= ?2")?
-            .execute(params![user, last_pruned])? as u64;
+            .execute(params![user, cut])? as u64;
         conn.prepare_cached(
             "UPDATE users SET pruned_event_seq = max(pruned_event_seq, ?2) WHERE id = ?1",
         )?
-        .execute(params![user, last_pruned])?;
+        .execute(params![user, cut])?;
+        if cut < prunable.last {
+            return Ok((removed, Some(done_up_to.to_owned())));
+        }
+        done_up_to = user;
+        if removed >= limits.events as u64 {
+            break;
+        }
     }
-    let more = users.len() == limit;
-    Ok((removed, users.last().filter(|_| more).cloned()))
+    let more = users.len() == limits.users || removed >= limits.events as u64;
+    Ok((removed, more.then(|| done_up_to.to_owned())))
+}
+
+/// The first and last seq of a user's leading run of events to prune.
+struct PrunableRun {
+    first: i64,
+    last: i64,
+}
+
+/// The leading events of `user`'s log created before `before`, if any.
+/// Three lookups by the primary key: each aggregate is alone in its query,
+/// so SQLite reads it from one end of the range instead of scanning it.
+fn prunable_run(conn: &Connection, user: &str, before: i64) -> DbResult<Option<PrunableRun>> {
+    let first_kept: Option<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM events WHERE user_id = ?1 AND created_at >= ?2
+             ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![user, before], |row| row.get(0))
+        .optional()?;
+    let last: Option<i64> = conn
+        .prepare_cached("SELECT max(seq) FROM events WHERE user_id = ?1 AND seq < ?2")?
+        .query_row(params![user, first_kept.unwrap_or(i64::MAX)], |row| {
+            row.get(0)
+        })?;
+    let Some(last) = last else {
+        return Ok(None);
+    };
+    let first: i64 = conn
+        .prepare_cached("SELECT min(seq) FROM events WHERE user_id = ?1")?
+        .query_row([user], |row| row.get(0))?;
+    Ok(Some(PrunableRun { first, last }))
 }
 
 /// A user's events after a seq, each `message.created` with its message

@@ -26,13 +26,22 @@ pub struct SqliteStore {
     inner: Arc<Inner>,
 }
 
+/// What one pruning write transaction may take on: see
+/// [`SqliteOptions::prune_users_per_write`] and
+/// [`SqliteOptions::prune_events_per_write`]. Both at least one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PruneLimits {
+    pub(crate) users: usize,
+    pub(crate) events: usize,
+}
+
 struct Inner {
     // Field order matters: the senders drop first, which tells the threads
     // to finish, and only then does `threads` join them.
     writes: Sender<Box<dyn WriteJob>>,
     reads: Sender<ReadJob>,
     counters: Arc<Counters>,
-    prune_users_per_write: usize,
+    prune_limits: PruneLimits,
     #[expect(dead_code, reason = "only ever dropped, which joins the threads")]
     threads: Threads,
 }
@@ -138,7 +147,10 @@ impl SqliteStore {
                 writes,
                 reads,
                 counters,
-                prune_users_per_write: options.prune_users_per_write.max(1),
+                prune_limits: PruneLimits {
+                    users: options.prune_users_per_write.max(1),
+                    events: options.prune_events_per_write.max(1),
+                },
                 threads,
             }),
         })
@@ -195,9 +207,9 @@ impl SqliteStore {
         self.inner.writes.len()
     }
 
-    /// See [`SqliteOptions::prune_users_per_write`].
-    pub(crate) fn prune_users_per_write(&self) -> usize {
-        self.inner.prune_users_per_write
+    /// How much one pruning write may take on.
+    pub(crate) fn prune_limits(&self) -> PruneLimits {
+        self.inner.prune_limits
     }
 
     /// Runs `work` on the writer thread, inside the next batch's

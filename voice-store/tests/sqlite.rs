@@ -559,3 +559,58 @@ async fn pruning_goes_through_every_user_a_batch_at_a_time() {
     // Five users, two per write: three writes, the last one short.
     assert_eq!(store.stats().writes - writes_before, 3);
 }
+
+#[tokio::test]
+async fn pruning_deletes_at_most_its_event_limit_per_write_and_finishes_a_log_in_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("voice.db"),
+        SqliteOptions {
+            prune_users_per_write: 10,
+            prune_events_per_write: 3,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let (old, new) = (at_second(1_000), at_second(3_000));
+    let log = |user: &User, count: usize| {
+        vec![(user.id, Event::FriendRemoved { user_id: user.id }); count]
+    };
+    // Ids are made in creation order, so pruning walks the users as made.
+    let long = a_user(&store).await;
+    let short = a_user(&store).await;
+    let recent = a_user(&store).await;
+    store.append_events(&log(&long, 7), old).await.unwrap();
+    store.append_events(&log(&long, 1), new).await.unwrap();
+    store.append_events(&log(&short, 2), old).await.unwrap();
+    store.append_events(&log(&recent, 1), new).await.unwrap();
+    let writes_before = store.stats().writes;
+
+    let removed = store.prune_events(at_second(2_000)).await.unwrap();
+    assert_eq!(removed, 9);
+    // Three of the long log's seven, three more, then its last one with the
+    // short log's two; a fourth write finds nothing left to prune.
+    assert_eq!(store.stats().writes - writes_before, 4);
+    let kept = |replay: Replay| match replay {
+        Replay::Events(events) => events.iter().map(|event| event.seq).collect::<Vec<_>>(),
+        other => panic!("expected events, got {other:?}"),
+    };
+    assert_eq!(
+        kept(store.events_since(long.id, 7, 10).await.unwrap()),
+        vec![8]
+    );
+    assert_eq!(
+        store.events_since(long.id, 6, 10).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 8 },
+        "seq 7 went in the third write, and the log remembers it"
+    );
+    assert_eq!(
+        store.events_since(short.id, 0, 10).await.unwrap(),
+        Replay::ResyncRequired { latest_seq: 2 }
+    );
+    assert_eq!(
+        kept(store.events_since(recent.id, 0, 10).await.unwrap()),
+        vec![1]
+    );
+    store.close().await;
+}
