@@ -1359,9 +1359,10 @@ fn prune_users_after(
 ) -> DbResult<(u64, Option<String>)> {
     let users = conn
         .prepare_cached("SELECT id FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?
-        .query_map(params![after, limits.users as i64], |row| {
-            row.get::<_, String>(0)
-        })?
+        .query_map(
+            params![after, i64::try_from(limits.users).unwrap_or(i64::MAX)],
+            |row| row.get::<_, String>(0),
+        )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let mut removed = 0;
     // The last user whose log is done, for the next call to go on after.
@@ -1371,11 +1372,11 @@ fn prune_users_after(
             done_up_to = user;
             continue;
         };
-        let budget = (limits.events as u64).saturating_sub(removed);
+        // At least one: the loop stops once the limit is reached. A limit
+        // past what SQL integers hold means no limit.
+        let budget = i64::try_from(limits.events as u64 - removed).unwrap_or(i64::MAX);
         // The run is unbroken, so its first `budget` seqs are that many events.
-        let cut = prunable
-            .last
-            .min(prunable.first.saturating_add(budget as i64 - 1));
+        let cut = prunable.last.min(prunable.first.saturating_add(budget - 1));
         removed += conn
             .prepare_cached("DELETE FROM events WHERE user_id = ?1 AND seq <= ?2")?
             .execute(params![user, cut])? as u64;

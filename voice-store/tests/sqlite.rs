@@ -614,3 +614,25 @@ async fn pruning_deletes_at_most_its_event_limit_per_write_and_finishes_a_log_in
     );
     store.close().await;
 }
+
+#[tokio::test]
+async fn pruning_with_the_largest_limits_prunes_everything_in_one_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(
+        &dir.path().join("voice.db"),
+        SqliteOptions {
+            prune_users_per_write: usize::MAX,
+            prune_events_per_write: usize::MAX,
+            ..SqliteOptions::default()
+        },
+    )
+    .unwrap();
+    let user = a_user(&store).await;
+    let log = vec![(user.id, Event::FriendRemoved { user_id: user.id }); 5];
+    store.append_events(&log, at_second(1_000)).await.unwrap();
+    let writes_before = store.stats().writes;
+
+    assert_eq!(store.prune_events(at_second(2_000)).await.unwrap(), 5);
+    assert_eq!(store.stats().writes - writes_before, 1);
+    store.close().await;
+}
