@@ -20,9 +20,43 @@
 //! timer, so tests drive it with a made-up clock.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use voice_core::wire::SharedEvent;
+
+/// What one device's [`EventOrder`] has done, for measuring how often the
+/// reorder wait comes into play.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OrderStats {
+    /// Live events that came before an earlier one and had to wait.
+    pub early: u64,
+    /// Gaps filled from the store (at the deadline, or with too many held).
+    pub fills: u64,
+}
+
+/// [`OrderStats`] summed over the connections that have closed, shared by
+/// their tasks.
+#[derive(Debug, Default)]
+pub struct OrderTotals {
+    early: AtomicU64,
+    fills: AtomicU64,
+}
+
+impl OrderTotals {
+    /// Adds a closed connection's counts.
+    pub fn add(&self, stats: OrderStats) {
+        self.early.fetch_add(stats.early, Ordering::Relaxed);
+        self.fills.fetch_add(stats.fills, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> OrderStats {
+        OrderStats {
+            early: self.early.load(Ordering::Relaxed),
+            fills: self.fills.load(Ordering::Relaxed),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct EventOrder {
@@ -35,6 +69,7 @@ pub struct EventOrder {
     holding_since: Option<Instant>,
     max_wait: Duration,
     max_held: usize,
+    stats: OrderStats,
 }
 
 impl EventOrder {
@@ -46,7 +81,13 @@ impl EventOrder {
             holding_since: None,
             max_wait,
             max_held,
+            stats: OrderStats::default(),
         }
+    }
+
+    /// Counts of what this device's ordering has done so far.
+    pub fn stats(&self) -> OrderStats {
+        self.stats
     }
 
     /// The newest seq handed out by [`Self::pop_ready`] or covered by
@@ -64,6 +105,9 @@ impl EventOrder {
         };
         if seq <= self.last_seq {
             return;
+        }
+        if seq > self.last_seq + 1 && !self.held.contains_key(&seq) {
+            self.stats.early += 1;
         }
         if self.held.is_empty() {
             self.holding_since = Some(now);
@@ -106,6 +150,7 @@ impl EventOrder {
     /// to there is a repeat. What is held after it waits on (from `now`)
     /// for whatever gap is left.
     pub fn filled_up_to(&mut self, seq: u64, now: Instant) {
+        self.stats.fills += 1;
         self.last_seq = self.last_seq.max(seq);
         self.held = self.held.split_off(&(self.last_seq + 1));
         self.holding_since = (!self.held.is_empty()).then_some(now);
@@ -146,6 +191,7 @@ mod tests {
             assert_eq!(order.deadline(), None);
         }
         assert_eq!(order.last_seq(), 6);
+        assert_eq!(order.stats(), OrderStats::default(), "nothing waited");
     }
 
     #[test]
@@ -176,6 +222,11 @@ mod tests {
         order.push(stored(5), now);
         assert_eq!(ready(&mut order), Vec::<u64>::new());
         assert_eq!(order.deadline(), None);
+        assert_eq!(
+            order.stats(),
+            OrderStats { early: 1, fills: 0 },
+            "5 waited once, however often it came"
+        );
     }
 
     #[test]
@@ -196,6 +247,7 @@ mod tests {
         assert_eq!(ready(&mut order), [7]);
         assert_eq!(order.last_seq(), 7);
         assert_eq!(order.deadline(), None);
+        assert_eq!(order.stats(), OrderStats { early: 2, fills: 1 });
     }
 
     #[test]

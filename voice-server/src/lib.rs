@@ -227,6 +227,7 @@ impl Server {
             let _ = stopping_tx.send(());
         };
         let nodelay = self.state.config.ws.tcp_nodelay;
+        let event_order = self.state.event_order.clone();
         let service = app(self.state).into_make_service_with_connect_info::<SocketAddr>();
         // See `ws.tcp_nodelay`: latency against packets under load.
         let listener = self.listener.tap_io(move |tcp| {
@@ -251,6 +252,12 @@ impl Server {
         drop(serve);
         sweeper.abort();
         pruner.abort();
+        let order = event_order.snapshot();
+        tracing::info!(
+            early_events = order.early,
+            gap_fills = order.fills,
+            "live events out of order, over the connections that closed"
+        );
         let stats = self.store.stats();
         self.store.close().await;
         tracing::info!(

@@ -19,6 +19,7 @@ use crate::auth::flows::AuthFlows;
 use crate::auth::tokens::{ServerSecret, Tokens};
 use crate::calls::{Calls, call_config};
 use crate::config::Config;
+use crate::event_order::OrderTotals;
 use crate::ice::Ice;
 use crate::notify::Notifier;
 use crate::one_shot::OneShotMap;
@@ -54,6 +55,8 @@ pub struct AppState {
     pub calls: Calls,
     /// ICE servers for clients, and their health.
     pub ice: Ice,
+    /// How often live events came out of order, over closed connections.
+    pub event_order: Arc<OrderTotals>,
 }
 
 impl AppState {
@@ -152,6 +155,7 @@ impl AppState {
             shutdown: Arc::new(tokio::sync::watch::Sender::new(false)),
             calls,
             ice,
+            event_order: Arc::default(),
         })
     }
 

@@ -352,6 +352,7 @@ async fn serve(
         &mut sends,
     )
     .await;
+    state.event_order.add(order.stats());
     // The sends already queued are stored whether or not the device is
     // still there to hear the answer; their events must still go out.
     while let Some((_, outcome)) = sends.next().await {
