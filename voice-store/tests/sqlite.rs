@@ -16,6 +16,17 @@ fn open(path: &Path) -> SqliteStore {
     SqliteStore::open(path, SqliteOptions::default()).unwrap()
 }
 
+/// A store in `dir` that prunes at most `users` users and `events` events
+/// per write.
+fn pruning_in_steps(dir: &Path, users: usize, events: usize) -> SqliteStore {
+    let options = SqliteOptions {
+        prune_users_per_write: users,
+        prune_events_per_write: events,
+        ..SqliteOptions::default()
+    };
+    SqliteStore::open(&dir.join("voice.db"), options).unwrap()
+}
+
 async fn a_user(store: &SqliteStore) -> User {
     let identity = Identity {
         issuer: "https://tests.example".to_owned(),
@@ -527,14 +538,7 @@ async fn stun_overrides_break_ties_by_url_and_keep_the_first_place() {
 #[tokio::test]
 async fn pruning_goes_through_every_user_a_batch_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(
-        &dir.path().join("voice.db"),
-        SqliteOptions {
-            prune_users_per_write: 2,
-            ..SqliteOptions::default()
-        },
-    )
-    .unwrap();
+    let store = pruning_in_steps(dir.path(), 2, usize::MAX);
     let old = at_second(1_000);
     let mut users = Vec::new();
     for _ in 0..5 {
@@ -563,15 +567,7 @@ async fn pruning_goes_through_every_user_a_batch_at_a_time() {
 #[tokio::test]
 async fn pruning_deletes_at_most_its_event_limit_per_write_and_finishes_a_log_in_the_next() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(
-        &dir.path().join("voice.db"),
-        SqliteOptions {
-            prune_users_per_write: 10,
-            prune_events_per_write: 3,
-            ..SqliteOptions::default()
-        },
-    )
-    .unwrap();
+    let store = pruning_in_steps(dir.path(), 10, 3);
     let (old, new) = (at_second(1_000), at_second(3_000));
     let log = |user: &User, count: usize| {
         vec![(user.id, Event::FriendRemoved { user_id: user.id }); count]
@@ -618,15 +614,7 @@ async fn pruning_deletes_at_most_its_event_limit_per_write_and_finishes_a_log_in
 #[tokio::test]
 async fn pruning_with_the_largest_limits_prunes_everything_in_one_write() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::open(
-        &dir.path().join("voice.db"),
-        SqliteOptions {
-            prune_users_per_write: usize::MAX,
-            prune_events_per_write: usize::MAX,
-            ..SqliteOptions::default()
-        },
-    )
-    .unwrap();
+    let store = pruning_in_steps(dir.path(), usize::MAX, usize::MAX);
     let user = a_user(&store).await;
     let log = vec![(user.id, Event::FriendRemoved { user_id: user.id }); 5];
     store.append_events(&log, at_second(1_000)).await.unwrap();
