@@ -1368,23 +1368,21 @@ fn prune_users_after(
     // The last user whose log is done, for the next call to go on after.
     let mut done_up_to = after;
     for user in &users {
-        let Some(prunable) = prunable_run(conn, user, before)? else {
-            done_up_to = user;
-            continue;
-        };
         // At least one: the loop stops once the limit is reached. A limit
         // past what SQL integers hold means no limit.
         let budget = i64::try_from(limits.events as u64 - removed).unwrap_or(i64::MAX);
-        // The run is unbroken, so its first `budget` seqs are that many events.
-        let cut = prunable.last.min(prunable.first.saturating_add(budget - 1));
+        let Some(prunable) = prunable_run(conn, user, before, budget)? else {
+            done_up_to = user;
+            continue;
+        };
         removed += conn
             .prepare_cached("DELETE FROM events WHERE user_id = ?1 AND seq <= ?2")?
-            .execute(params![user, cut])? as u64;
+            .execute(params![user, prunable.last])? as u64;
         conn.prepare_cached(
             "UPDATE users SET pruned_event_seq = max(pruned_event_seq, ?2) WHERE id = ?1",
         )?
-        .execute(params![user, cut])?;
-        if cut < prunable.last {
+        .execute(params![user, prunable.last])?;
+        if !prunable.whole {
             return Ok((removed, Some(done_up_to.to_owned())));
         }
         done_up_to = user;
@@ -1396,35 +1394,60 @@ fn prune_users_after(
     Ok((removed, more.then(|| done_up_to.to_owned())))
 }
 
-/// The first and last seq of a user's leading run of events to prune.
+/// The part of a user's leading run of old events that one write prunes.
 struct PrunableRun {
-    first: i64,
+    /// The last seq to prune now.
     last: i64,
+    /// Whether that ends the run; if not, the rest waits for the next write.
+    whole: bool,
 }
 
-/// The leading events of `user`'s log created before `before`, if any.
-/// Three lookups by the primary key: each aggregate is alone in its query,
-/// so SQLite reads it from one end of the range instead of scanning it.
-fn prunable_run(conn: &Connection, user: &str, before: i64) -> DbResult<Option<PrunableRun>> {
-    let first_kept: Option<i64> = conn
-        .prepare_cached(
-            "SELECT seq FROM events WHERE user_id = ?1 AND created_at >= ?2
-             ORDER BY seq LIMIT 1",
-        )?
-        .query_row(params![user, before], |row| row.get(0))
-        .optional()?;
-    let last: Option<i64> = conn
-        .prepare_cached("SELECT max(seq) FROM events WHERE user_id = ?1 AND seq < ?2")?
-        .query_row(params![user, first_kept.unwrap_or(i64::MAX)], |row| {
-            row.get(0)
-        })?;
-    let Some(last) = last else {
-        return Ok(None);
-    };
-    let first: i64 = conn
+/// The first at most `budget` (at least one) of the leading events of
+/// `user`'s log created before `before`, if there are any. Each lookup
+/// goes through the primary key, and none reads more than `budget + 1` of
+/// the log's events, however long its old run is.
+fn prunable_run(
+    conn: &Connection,
+    user: &str,
+    before: i64,
+    budget: i64,
+) -> DbResult<Option<PrunableRun>> {
+    let first: Option<i64> = conn
         .prepare_cached("SELECT min(seq) FROM events WHERE user_id = ?1")?
         .query_row([user], |row| row.get(0))?;
-    Ok(Some(PrunableRun { first, last }))
+    let Some(first) = first else {
+        return Ok(None);
+    };
+    // The log is one unbroken run of seqs, so the window holds `budget`
+    // events (fewer where the log ends).
+    let window_end = first.saturating_add(budget - 1);
+    let first_kept: Option<i64> = conn
+        .prepare_cached(
+            "SELECT seq FROM events WHERE user_id = ?1 AND seq <= ?2 AND created_at >= ?3
+             ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![user, window_end, before], |row| row.get(0))
+        .optional()?;
+    if let Some(first_kept) = first_kept {
+        return Ok((first_kept > first).then_some(PrunableRun {
+            last: first_kept - 1,
+            whole: true,
+        }));
+    }
+    let last: i64 = conn
+        .prepare_cached("SELECT max(seq) FROM events WHERE user_id = ?1 AND seq <= ?2")?
+        .query_row(params![user, window_end], |row| row.get(0))?;
+    // Whatever comes after the window decides whether the run goes on.
+    let next_created_at: Option<i64> = conn
+        .prepare_cached(
+            "SELECT created_at FROM events WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
+        )?
+        .query_row(params![user, last], |row| row.get(0))
+        .optional()?;
+    Ok(Some(PrunableRun {
+        last,
+        whole: next_created_at.is_none_or(|created_at| created_at >= before),
+    }))
 }
 
 /// A user's events after a seq, each `message.created` with its message
