@@ -24,10 +24,13 @@ use voice_store::{SqliteOptions, SqliteStore, Synchronous};
 const CONCURRENT: usize = 64;
 /// Messages in the conversation the history benchmark pages through.
 const HISTORY: usize = 10_000;
-/// Users, and old events in each one's log, that the pruning benchmark
-/// prunes in one pass.
-const PRUNED_USERS: usize = 200;
-const PRUNED_EVENTS_PER_USER: usize = 1_000;
+/// What the pruning benchmark prunes in one pass: (users, old events in
+/// each one's log), 200,000 events either way. Many short logs, and a few
+/// long ones that each take several pruning writes.
+const PRUNED_LOGS: [(&str, usize, usize); 2] = [
+    ("200_users_1000_events", 200, 1_000),
+    ("2_users_100000_events", 2, 100_000),
+];
 
 const LEVELS: [(Synchronous, &str); 2] =
     [(Synchronous::Normal, "normal"), (Synchronous::Full, "full")];
@@ -439,46 +442,49 @@ fn history_page(c: &mut Criterion) {
     group.finish();
 }
 
-/// One pruning pass over [`PRUNED_USERS`] users with
-/// [`PRUNED_EVENTS_PER_USER`] old events each, while lone inserts go on
-/// one after another: pruning shares the writer with every message, so
+/// One pruning pass over each of [`PRUNED_LOGS`], while lone inserts go
+/// on one after another: pruning shares the writer with every message, so
 /// what matters besides the pass's time is how long the inserts wait.
 fn prune(c: &mut Criterion) {
     let runtime = current_thread();
     let mut group = c.benchmark_group("prune");
     group.sample_size(10);
-    let events = (PRUNED_USERS * PRUNED_EVENTS_PER_USER) as u64;
-    group.throughput(Throughput::Elements(events));
-    let mut waits = Vec::new();
-    group.bench_function("pass_with_inserts_waiting", |b| {
-        b.iter_custom(|iterations| {
-            let mut total = std::time::Duration::ZERO;
-            for _ in 0..iterations {
-                let fixture = pruning_fixture(&runtime);
-                let (took, insert_waits) = runtime.block_on(prune_while_inserting(&fixture));
-                total += took;
-                waits = insert_waits;
-            }
-            total
-        })
-    });
-    group.finish();
-    waits.sort();
-    if let (Some(longest), Some(median)) = (waits.last(), waits.get(waits.len() / 2)) {
-        eprintln!(
-            "prune: {} lone inserts during the last pass; median wait {median:?}, longest {longest:?}",
-            waits.len()
-        );
+    for (name, users, events_each) in PRUNED_LOGS {
+        group.throughput(Throughput::Elements((users * events_each) as u64));
+        let mut waits = Vec::new();
+        group.bench_function(BenchmarkId::new("pass_with_inserts_waiting", name), |b| {
+            b.iter_custom(|iterations| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iterations {
+                    let fixture = pruning_fixture(&runtime, users, events_each);
+                    let (took, insert_waits) = runtime.block_on(prune_while_inserting(
+                        &fixture,
+                        (users * events_each) as u64,
+                    ));
+                    total += took;
+                    waits = insert_waits;
+                }
+                total
+            })
+        });
+        waits.sort();
+        if let (Some(longest), Some(median)) = (waits.last(), waits.get(waits.len() / 2)) {
+            eprintln!(
+                "prune/{name}: {} lone inserts during the last pass; median wait {median:?}, longest {longest:?}",
+                waits.len()
+            );
+        }
     }
+    group.finish();
 }
 
-/// A store with the usual two users plus [`PRUNED_USERS`] users whose logs
-/// hold [`PRUNED_EVENTS_PER_USER`] events dated an hour ago.
-fn pruning_fixture(runtime: &Runtime) -> Fixture {
+/// A store with the usual two users plus `users` users whose logs hold
+/// `events_each` events dated an hour ago.
+fn pruning_fixture(runtime: &Runtime, users: usize, events_each: usize) -> Fixture {
     let fixture = Fixture::new(runtime, Synchronous::Normal);
     let an_hour_ago = OffsetDateTime::now_utc() - time::Duration::hours(1);
     runtime.block_on(async {
-        for n in 0..PRUNED_USERS {
+        for n in 0..users {
             let identity = Identity {
                 issuer: "https://bench.example".to_owned(),
                 subject: format!("pruned-{n}"),
@@ -493,8 +499,7 @@ fn pruning_fixture(runtime: &Runtime) -> Fixture {
                 .upsert_user(&identity, an_hour_ago)
                 .await
                 .expect("user stored");
-            let log =
-                vec![(user.id, Event::FriendRemoved { user_id: user.id }); PRUNED_EVENTS_PER_USER];
+            let log = vec![(user.id, Event::FriendRemoved { user_id: user.id }); events_each];
             fixture
                 .store
                 .append_events(&log, an_hour_ago)
@@ -505,10 +510,12 @@ fn pruning_fixture(runtime: &Runtime) -> Fixture {
     fixture
 }
 
-/// Prunes everything older than a minute ago; meanwhile inserts one
-/// message at a time. Returns the pass's time and each insert's.
+/// Prunes everything older than a minute ago (`expected` events);
+/// meanwhile inserts one message at a time. Returns the pass's time and
+/// each insert's.
 async fn prune_while_inserting(
     fixture: &Fixture,
+    expected: u64,
 ) -> (std::time::Duration, Vec<std::time::Duration>) {
     let pruning_done = std::sync::atomic::AtomicBool::new(false);
     let pass = async {
@@ -518,7 +525,7 @@ async fn prune_while_inserting(
             .prune_events(OffsetDateTime::now_utc() - time::Duration::minutes(1))
             .await
             .expect("prune");
-        assert_eq!(removed, (PRUNED_USERS * PRUNED_EVENTS_PER_USER) as u64);
+        assert_eq!(removed, expected);
         pruning_done.store(true, std::sync::atomic::Ordering::Relaxed);
         started.elapsed()
     };
