@@ -54,19 +54,7 @@ impl Fixture {
         };
         let store = SqliteStore::open(&dir.path().join("bench.db"), options).expect("store opens");
         let [sender, partner] = ["sender", "partner"].map(|subject| {
-            let identity = Identity {
-                issuer: "https://bench.example".to_owned(),
-                subject: subject.to_owned(),
-                email: None,
-                email_verified: false,
-                name: None,
-                picture: None,
-                hosted_domain: None,
-            };
-            let (user, _) = runtime
-                .block_on(store.upsert_user(&identity, OffsetDateTime::now_utc()))
-                .expect("user stored");
-            user.id
+            runtime.block_on(bench_user(&store, subject, OffsetDateTime::now_utc()))
         });
         Fixture {
             _dir: dir,
@@ -86,6 +74,21 @@ impl Fixture {
     fn recipients(&self) -> [UserId; 2] {
         [self.sender, self.partner]
     }
+}
+
+/// Signs up the user `subject` (created at `at`) and returns their id.
+async fn bench_user(store: &SqliteStore, subject: &str, at: OffsetDateTime) -> UserId {
+    let identity = Identity {
+        issuer: "https://bench.example".to_owned(),
+        subject: subject.to_owned(),
+        email: None,
+        email_verified: false,
+        name: None,
+        picture: None,
+        hosted_domain: None,
+    };
+    let (user, _) = store.upsert_user(&identity, at).await.expect("user stored");
+    user.id
 }
 
 fn message(sender: UserId, conversation: Conversation) -> NewMessage {
@@ -485,21 +488,8 @@ fn pruning_fixture(runtime: &Runtime, users: usize, events_each: usize) -> Fixtu
     let an_hour_ago = OffsetDateTime::now_utc() - time::Duration::hours(1);
     runtime.block_on(async {
         for n in 0..users {
-            let identity = Identity {
-                issuer: "https://bench.example".to_owned(),
-                subject: format!("pruned-{n}"),
-                email: None,
-                email_verified: false,
-                name: None,
-                picture: None,
-                hosted_domain: None,
-            };
-            let (user, _) = fixture
-                .store
-                .upsert_user(&identity, an_hour_ago)
-                .await
-                .expect("user stored");
-            let log = vec![(user.id, Event::FriendRemoved { user_id: user.id }); events_each];
+            let user = bench_user(&fixture.store, &format!("pruned-{n}"), an_hour_ago).await;
+            let log = vec![(user, Event::FriendRemoved { user_id: user }); events_each];
             fixture
                 .store
                 .append_events(&log, an_hour_ago)
