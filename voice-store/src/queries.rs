@@ -1364,13 +1364,14 @@ fn prune_users_after(
             |row| row.get::<_, String>(0),
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
+    let event_limit = limits.events as u64;
     let mut removed = 0;
     // The last user whose log is done, for the next call to go on after.
     let mut done_up_to = after;
     for user in &users {
         // At least one: the loop stops once the limit is reached. A limit
         // past what SQL integers hold means no limit.
-        let budget = i64::try_from(limits.events as u64 - removed).unwrap_or(i64::MAX);
+        let budget = i64::try_from(event_limit - removed).unwrap_or(i64::MAX);
         let Some(prunable) = prunable_run(conn, user, before, budget)? else {
             done_up_to = user;
             continue;
@@ -1386,11 +1387,11 @@ fn prune_users_after(
             return Ok((removed, Some(done_up_to.to_owned())));
         }
         done_up_to = user;
-        if removed >= limits.events as u64 {
+        if removed >= event_limit {
             break;
         }
     }
-    let more = users.len() == limits.users || removed >= limits.events as u64;
+    let more = users.len() == limits.users || removed >= event_limit;
     Ok((removed, more.then(|| done_up_to.to_owned())))
 }
 
