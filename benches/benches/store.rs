@@ -263,13 +263,22 @@ impl Raw {
     }
 
     /// `count` messages in one `BEGIN IMMEDIATE` transaction: with 1, a
-    /// lone insert; with more, what group commit aims at.
+    /// lone insert; with more, what group commit aims at. `BEGIN` and
+    /// `COMMIT` are cached statements, as in the store's writer, so that
+    /// parsing them does not count against raw rusqlite.
     fn insert_in_one_transaction(&self, count: usize) {
-        self.conn.execute_batch("BEGIN IMMEDIATE").expect("begin");
+        self.run_cached("BEGIN IMMEDIATE");
         for _ in 0..count {
             self.insert();
         }
-        self.conn.execute_batch("COMMIT").expect("commit");
+        self.run_cached("COMMIT");
+    }
+
+    fn run_cached(&self, sql: &str) {
+        self.conn
+            .prepare_cached(sql)
+            .and_then(|mut statement| statement.execute([]))
+            .expect(sql);
     }
 
     fn insert(&self) {
