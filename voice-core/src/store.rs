@@ -195,9 +195,28 @@ pub trait MessageStore: Send + Sync {
     async fn list_conversations(&self, user: UserId) -> Result<Vec<ConversationSummary>>;
 }
 
+/// Takes the deliveries of each committed write, in commit order: see
+/// [`EventStore::feed_commits`]. It is called on the store's own thread,
+/// so it must not block: hand the deliveries on (to a channel) and return.
+pub type CommitFeed = Box<dyn Fn(Vec<Delivery>) + Send + Sync>;
+
 /// Each user's log of events, for replay after a reconnect.
 #[async_trait]
 pub trait EventStore: Send + Sync {
+    /// Asks the store to hand `feed` the deliveries of every write it
+    /// commits from now on, a transaction's all at once, in the order the
+    /// transactions commit, and only after the writers have been answered.
+    /// Each user's deliveries then reach `feed` in `seq` order, so
+    /// publishing them from there needs no reordering downstream.
+    ///
+    /// Returns `false` when this store cannot (the default) or already has
+    /// a feed; whoever wrote then publishes the deliveries the write
+    /// returned.
+    fn feed_commits(&self, feed: CommitFeed) -> bool {
+        drop(feed);
+        false
+    }
+
     /// Appends each event to its user's log with that user's next `seq`,
     /// in one transaction, and returns the stored deliveries in order.
     async fn append_events(

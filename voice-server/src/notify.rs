@@ -2,6 +2,15 @@
 //! (so a device that is away replays them later) and then onto the bus for
 //! the devices connected now; ephemeral ones (typing, presence, call
 //! signaling) only onto the bus.
+//!
+//! Stored events go onto the bus in commit order when the store can feed
+//! its commits ([`voice_core::store::EventStore::feed_commits`], SQLite can): one task
+//! publishes each committed transaction's deliveries as the store hands
+//! them over, so every device gets its events in `seq` order. With a store
+//! that cannot, whoever wrote publishes what the write returned, and
+//! concurrent writers' events reach the bus in whatever order their tasks
+//! run (each connection puts them back in order, see
+//! [`crate::event_order`]).
 
 use std::sync::Arc;
 
@@ -19,6 +28,9 @@ use crate::state::AppState;
 pub struct Notifier {
     pub store: Arc<dyn Store>,
     pub bus: Arc<dyn EventBus>,
+    /// Whether the store's commit feed publishes stored events (see
+    /// [`publish_commits`]), so that writers need not.
+    pub store_publishes: bool,
 }
 
 impl Notifier {
@@ -40,17 +52,12 @@ impl Notifier {
         .await?
     }
 
-    /// Pushes already stored events to connected devices.
+    /// Pushes already stored events to connected devices, unless the
+    /// store's commit feed does.
     pub async fn publish(&self, deliveries: &[Delivery]) {
-        let mut encoder = Encoder::default();
-        let envelopes = deliveries
-            .iter()
-            .map(|delivery| {
-                let event = encoder.share(Some(delivery.seq), &delivery.event);
-                Envelope::to_user(delivery.user_id, event)
-            })
-            .collect();
-        self.send(envelopes).await;
+        if !self.store_publishes {
+            publish_stored(self.bus.as_ref(), deliveries).await;
+        }
     }
 
     /// Pushes events that are not stored to every connected device of
@@ -75,14 +82,55 @@ impl Notifier {
     }
 
     async fn send(&self, envelopes: Vec<Envelope>) {
-        if envelopes.is_empty() {
-            return;
-        }
-        // Stored events are safe in the store; a device that misses them
-        // now replays them on its next connection.
-        if let Err(error) = self.bus.publish(envelopes).await {
-            tracing::warn!(%error, "publishing events failed");
-        }
+        send(self.bus.as_ref(), envelopes).await;
+    }
+}
+
+/// Has `store` hand every committed transaction's deliveries to one task
+/// that publishes them on `bus` in that order. Returns whether the store
+/// took the feed; if not, writers publish their own deliveries.
+///
+/// The task holds the bus but not the store, and ends when the store drops
+/// the feed (when it closes).
+pub fn publish_commits(store: &dyn Store, bus: Arc<dyn EventBus>) -> bool {
+    let (feed, mut commits) = tokio::sync::mpsc::unbounded_channel::<Vec<Delivery>>();
+    // Unbounded, because the store's thread must never wait on it; it holds
+    // what is committed and not yet published, which the publisher (a few
+    // queue pushes per delivery) takes far faster than commits add to it.
+    let taken = store.feed_commits(Box::new(move |deliveries| {
+        let _ = feed.send(deliveries);
+    }));
+    if taken {
+        tokio::spawn(async move {
+            while let Some(deliveries) = commits.recv().await {
+                publish_stored(bus.as_ref(), &deliveries).await;
+            }
+        });
+    }
+    taken
+}
+
+/// Puts stored events on the bus, each distinct event encoded once.
+async fn publish_stored(bus: &dyn EventBus, deliveries: &[Delivery]) {
+    let mut encoder = Encoder::default();
+    let envelopes = deliveries
+        .iter()
+        .map(|delivery| {
+            let event = encoder.share(Some(delivery.seq), &delivery.event);
+            Envelope::to_user(delivery.user_id, event)
+        })
+        .collect();
+    send(bus, envelopes).await;
+}
+
+async fn send(bus: &dyn EventBus, envelopes: Vec<Envelope>) {
+    if envelopes.is_empty() {
+        return;
+    }
+    // Stored events are safe in the store; a device that misses them now
+    // replays them on its next connection.
+    if let Err(error) = bus.publish(envelopes).await {
+        tracing::warn!(%error, "publishing events failed");
     }
 }
 

@@ -21,7 +21,7 @@ use crate::calls::{Calls, call_config};
 use crate::config::Config;
 use crate::event_order::OrderTotals;
 use crate::ice::Ice;
-use crate::notify::Notifier;
+use crate::notify::{Notifier, publish_commits};
 use crate::one_shot::OneShotMap;
 use crate::presence::PresenceTracker;
 
@@ -57,6 +57,9 @@ pub struct AppState {
     pub ice: Ice,
     /// How often live events came out of order, over closed connections.
     pub event_order: Arc<OrderTotals>,
+    /// Whether the store publishes stored events as it commits them (see
+    /// [`crate::notify::publish_commits`]).
+    pub store_publishes: bool,
 }
 
 impl AppState {
@@ -130,11 +133,13 @@ impl AppState {
         );
 
         let ice = Ice::start(config.ice.clone(), store.clone());
+        let store_publishes = publish_commits(store.as_ref(), bus.clone());
         let calls = Calls::spawn(
             call_config(&config.calls),
             Notifier {
                 store: store.clone(),
                 bus: bus.clone(),
+                store_publishes,
             },
         );
 
@@ -156,6 +161,7 @@ impl AppState {
             calls,
             ice,
             event_order: Arc::default(),
+            store_publishes,
         })
     }
 
@@ -163,6 +169,7 @@ impl AppState {
         Notifier {
             store: self.store.clone(),
             bus: self.bus.clone(),
+            store_publishes: self.store_publishes,
         }
     }
 }

@@ -19,10 +19,11 @@
 //! at once, so that they share the store's batches.
 //!
 //! After any replay the device gets `ready` with its current `latest_seq`.
-//! Live events can be published out of order (each by the task that
-//! committed it): one that comes early waits for those before it (see
-//! [`crate::event_order`]), and a gap that stays open is filled from the
-//! store, so a device sees its events once each, in order.
+//! Live events come in order when the store publishes its commits (see
+//! [`crate::notify`]). Otherwise they can be published out of order (each
+//! by the task that committed it): one that comes early waits for those
+//! before it (see [`crate::event_order`]), and a gap that stays open is
+//! filled from the store, so a device sees its events once each, in order.
 //!
 //! Close codes: 1001 server shutting down; 1002 malformed frame; 1009
 //! inbound message too large; 1011 server error; 4001 the session ended
@@ -405,6 +406,15 @@ async fn relay(
                 }
             }
             event = subscription.next() => {
+                // The store answers a write before it publishes the write's
+                // events, so a send of this device's that this event
+                // belongs to is ready: answered first, the device hears
+                // its message was stored before it hears the message.
+                if let Some(Some(answer)) = sends.next().now_or_never()
+                    && let Err(close) = Box::pin(answer_sends(state, link, answer, sends)).await
+                {
+                    return close;
+                }
                 // Boxed, once per wake-up: the writes' state would
                 // otherwise be part of every idle connection's future
                 // (measured: about 600 bytes per idle connection).
@@ -689,7 +699,8 @@ async fn handle_client_message(
 }
 
 /// Publishes the events of a committed send, and of those after it that
-/// are committed too, then answers them in order. Publishing goes first:
+/// are committed too (unless the store publishes its commits), then
+/// answers them in order. Publishing goes first:
 /// the other devices should not wait on this one's socket, and this
 /// device still gets each answer before its own copy of the event, which
 /// is forwarded only after this returns. `Err` ends the connection.

@@ -19,8 +19,8 @@ use voice_core::model::{
     NewMessage, RefreshToken, SendOutcome, Session, SpendOutcome, User,
 };
 use voice_core::store::{
-    CallStore, EventStore, FriendStore, GroupStore, IceStore, MessageStore, QueuedWrite,
-    SessionStore, Store, UserStore,
+    CallStore, CommitFeed, EventStore, FriendStore, GroupStore, IceStore, MessageStore,
+    QueuedWrite, SessionStore, Store, UserStore,
 };
 use voice_core::wire::{Delivery, Event, Replay};
 
@@ -279,12 +279,14 @@ fn append_event(
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
     .execute(params![user.to_string(), seq, json, ms(now), message_id])?;
-    Ok(Delivery {
+    let delivery = Delivery {
         user_id: user,
         seq: seq as u64,
         event: Arc::clone(event),
         created_at: stored(now),
-    })
+    };
+    tx.stored(&delivery);
+    Ok(delivery)
 }
 
 /// Appends one event to each of `users`' logs.
@@ -1284,6 +1286,10 @@ impl EventStore for SqliteStore {
                 .collect()
         })
         .await
+    }
+
+    fn feed_commits(&self, feed: CommitFeed) -> bool {
+        self.set_commit_feed(feed)
     }
 
     async fn events_since(&self, user: UserId, since: u64, limit: u32) -> Result<Replay> {

@@ -2,7 +2,7 @@
 //! typed `read`/`write` helpers every query goes through.
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::Sender;
@@ -11,6 +11,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::oneshot;
 use voice_core::Error;
 use voice_core::error::Result;
+use voice_core::store::CommitFeed;
 
 use crate::error::DbResult;
 use crate::options::SqliteOptions;
@@ -42,6 +43,8 @@ struct Inner {
     reads: Sender<ReadJob>,
     counters: Arc<Counters>,
     prune_limits: PruneLimits,
+    /// Set at most once; the writer reads it after every commit.
+    commit_feed: Arc<OnceLock<CommitFeed>>,
     #[expect(dead_code, reason = "only ever dropped, which joins the threads")]
     threads: Threads,
 }
@@ -138,8 +141,10 @@ impl SqliteStore {
         }
         let writer_counters = counters.clone();
         let max_batch = options.max_batch;
+        let commit_feed = Arc::new(OnceLock::new());
+        let writer_feed = commit_feed.clone();
         threads.writer = Some(spawn("voice-store-write".to_owned(), move || {
-            worker::writer_loop(writer, write_queue, max_batch, writer_counters)
+            worker::writer_loop(writer, write_queue, max_batch, writer_counters, writer_feed)
         })?);
 
         Ok(SqliteStore {
@@ -151,6 +156,7 @@ impl SqliteStore {
                     users: options.prune_users_per_write.max(1),
                     events: options.prune_events_per_write.max(1),
                 },
+                commit_feed,
                 threads,
             }),
         })
@@ -189,6 +195,12 @@ impl SqliteStore {
     /// its background tasks to let go before it closes the database.
     pub fn handle_count(&self) -> usize {
         Arc::strong_count(&self.inner)
+    }
+
+    /// Gives the writer its commit feed, unless it has one: see
+    /// [`voice_core::store::EventStore::feed_commits`].
+    pub(crate) fn set_commit_feed(&self, feed: CommitFeed) -> bool {
+        self.inner.commit_feed.set(feed).is_ok()
     }
 
     /// What the writer has done so far.

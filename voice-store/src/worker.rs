@@ -5,42 +5,76 @@
 //! The writer thread does group commit (see the crate documentation). Its
 //! one subtle promise: nobody hears "done" before the transaction holding
 //! their write has committed, and if that commit fails, everybody in the
-//! batch hears an error.
+//! batch hears an error. With a commit feed, each committed batch's
+//! deliveries then go to it, in commit order.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ops::Deref;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crossbeam_channel::Receiver;
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 use voice_core::error::Result;
+use voice_core::store::CommitFeed;
+use voice_core::wire::Delivery;
 use voice_core::{Error, UserId};
 
 use crate::error::{DbError, DbResult, sql_error};
 use crate::event_counters::EventCounters;
 
 /// What a write job works with: the writer's connection, inside the
-/// batch's transaction (it derefs to the [`Connection`]), and the event
-/// counters that transaction has moved so far.
+/// batch's transaction (it derefs to the [`Connection`]), the event
+/// counters that transaction has moved so far, and (when there is a
+/// commit feed) the deliveries it has stored.
 pub(crate) struct WriteTx<'c> {
     conn: &'c Connection,
     event_counters: RefCell<EventCounters>,
+    /// `None` when nobody takes them: no copies are made then.
+    deliveries: Option<RefCell<Vec<Delivery>>>,
+    /// How many of `deliveries` came before the running job.
+    job_start: Cell<usize>,
 }
 
 impl<'c> WriteTx<'c> {
-    fn new(conn: &'c Connection) -> Self {
+    fn new(conn: &'c Connection, keep_deliveries: bool) -> Self {
         Self {
             conn,
             event_counters: RefCell::new(EventCounters::default()),
+            deliveries: keep_deliveries.then(RefCell::default),
+            job_start: Cell::new(0),
         }
     }
 
     /// The next seq of `user`'s event log; written to their row at commit.
     pub(crate) fn next_event_seq(&self, user: UserId) -> DbResult<i64> {
         self.event_counters.borrow_mut().next(self.conn, user)
+    }
+
+    /// Notes a delivery the running job stored, for the commit feed.
+    pub(crate) fn stored(&self, delivery: &Delivery) {
+        if let Some(deliveries) = &self.deliveries {
+            deliveries.borrow_mut().push(delivery.clone());
+        }
+    }
+
+    /// A job starts: what it changes can be rolled back on its own.
+    fn begin_job(&self) {
+        self.event_counters.borrow_mut().begin_job();
+        if let Some(deliveries) = &self.deliveries {
+            self.job_start.set(deliveries.borrow().len());
+        }
+    }
+
+    /// The running job's savepoint was rolled back: so are its counts and
+    /// its deliveries.
+    fn roll_back_job(&self) {
+        self.event_counters.borrow_mut().roll_back_job();
+        if let Some(deliveries) = &self.deliveries {
+            deliveries.borrow_mut().truncate(self.job_start.get());
+        }
     }
 }
 
@@ -188,6 +222,7 @@ pub(crate) fn writer_loop(
     jobs: Receiver<Box<dyn WriteJob>>,
     max_batch: usize,
     counters: Arc<Counters>,
+    feed: Arc<OnceLock<CommitFeed>>,
 ) {
     let _stopped = StoppedOnDrop(counters.clone());
     let max_batch = max_batch.max(1);
@@ -200,12 +235,21 @@ pub(crate) fn writer_loop(
         // to a lone write for no gain.
         batch.extend(jobs.try_iter().take(max_batch - 1));
         counters.record_batch(batch.len());
-        let failure = commit_batch(&conn, &mut batch, &counters).err();
+        let committed = commit_batch(&conn, &mut batch, &counters, feed.get().is_some());
+        let failure = committed.as_ref().err().cloned();
         if failure.is_some() {
             counters.failed_batches.fetch_add(1, Ordering::Relaxed);
         }
         for job in batch.drain(..) {
             job.finish(failure.clone());
+        }
+        // After the answers: a device that sent a message hears that it was
+        // stored before it hears the message itself.
+        if let (Ok(deliveries), Some(feed)) = (committed, feed.get())
+            && !deliveries.is_empty()
+            && catch_unwind(AssertUnwindSafe(|| feed(deliveries))).is_err()
+        {
+            tracing::error!("the commit feed panicked");
         }
     }
     close(conn, "writer");
@@ -222,32 +266,42 @@ pub(crate) fn writer_loop(
 /// start with a savepoint around each job, so that only the failing job's
 /// work is undone. Jobs may run twice because they touch nothing but the
 /// transaction (see [`crate::SqliteStore`]'s `write`).
+/// Returns the deliveries the batch committed, if `keep_deliveries`.
 fn commit_batch(
     conn: &Connection,
     batch: &mut [Box<dyn WriteJob>],
     counters: &Counters,
-) -> Result<()> {
+    keep_deliveries: bool,
+) -> Result<Vec<Delivery>> {
     // A job alone needs no second run: rolled back, it answers with its
     // own error and nothing else waits.
-    if run_batch(conn, batch, false)? || batch.len() == 1 {
-        return Ok(());
+    match run_batch(conn, batch, false, keep_deliveries)? {
+        Some(deliveries) => return Ok(deliveries),
+        None if batch.len() == 1 => return Ok(Vec::new()),
+        None => {}
     }
     counters.rerun_batches.fetch_add(1, Ordering::Relaxed);
-    run_batch(conn, batch, true).map(|_| ())
+    Ok(run_batch(conn, batch, true, keep_deliveries)?.unwrap_or_default())
 }
 
 /// Runs every job of the batch in one transaction and commits it; returns
-/// whether it committed. With `savepoints`, a failing job's work is rolled
+/// the deliveries it committed (kept only if `keep_deliveries`), or `None`
+/// if it rolled back. With `savepoints`, a failing job's work is rolled
 /// back alone and the others' committed. Without, a failing job rolls back
-/// the whole transaction and the answer is `false`.
-fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>], savepoints: bool) -> Result<bool> {
+/// the whole transaction and the answer is `None`.
+fn run_batch(
+    conn: &Connection,
+    batch: &mut [Box<dyn WriteJob>],
+    savepoints: bool,
+    keep_deliveries: bool,
+) -> Result<Option<Vec<Delivery>>> {
     run_cached(conn, "BEGIN IMMEDIATE").map_err(|e| sql_error(&e))?;
-    let tx = WriteTx::new(conn);
+    let tx = WriteTx::new(conn, keep_deliveries);
     for job in batch.iter_mut() {
         if savepoints {
             run_cached(conn, "SAVEPOINT job").map_err(|e| abort(conn, &e))?;
         }
-        tx.event_counters.borrow_mut().begin_job();
+        tx.begin_job();
         let ok = job.run(&tx);
         // Some errors (disk full, I/O) make SQLite roll back the whole
         // transaction, taking the earlier jobs' work with it.
@@ -259,12 +313,12 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>], savepoints: boo
             (false, true) => {}
             (false, false) => {
                 run_cached(conn, "ROLLBACK").map_err(|e| abort(conn, &e))?;
-                return Ok(false);
+                return Ok(None);
             }
             (true, ok) => {
                 if !ok {
                     run_cached(conn, "ROLLBACK TO job").map_err(|e| abort(conn, &e))?;
-                    tx.event_counters.borrow_mut().roll_back_job();
+                    tx.roll_back_job();
                 }
                 run_cached(conn, "RELEASE job").map_err(|e| abort(conn, &e))?;
             }
@@ -275,7 +329,9 @@ fn run_batch(conn: &Connection, batch: &mut [Box<dyn WriteJob>], savepoints: boo
         .write_back(conn)
         .map_err(|e| abort(conn, &e))?;
     run_cached(conn, "COMMIT").map_err(|e| abort(conn, &e))?;
-    Ok(true)
+    Ok(Some(
+        tx.deliveries.map(RefCell::into_inner).unwrap_or_default(),
+    ))
 }
 
 /// Runs one of the writer's own statements, cached: parsing these on every

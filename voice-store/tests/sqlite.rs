@@ -293,6 +293,71 @@ async fn concurrent_senders_get_gapless_seqs_and_ordered_events() {
     store.close().await;
 }
 
+/// The commit feed gets every committed delivery once, each user's in seq
+/// order, and nothing of a write that failed in a batch that committed
+/// (its savepoint rolled back); a second feed is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_commit_feed_gets_each_committed_delivery_once_in_seq_order() {
+    const TASKS: usize = 8;
+    const EACH: usize = 50;
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("voice.db"));
+    let (fed, commits) = std::sync::mpsc::channel::<Vec<Delivery>>();
+    assert!(store.feed_commits(Box::new(move |deliveries| {
+        fed.send(deliveries).unwrap();
+    })));
+    assert!(!store.feed_commits(Box::new(|_| panic!("a second feed is never called"))));
+    let a = a_user(&store).await;
+    let b = a_user(&store).await;
+
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            let (a, b) = (a.clone(), b.clone());
+            tokio::spawn(async move {
+                let mut stored = Vec::new();
+                for i in 0..EACH {
+                    let new = message(&a, &b, format!("task {task} message {i}"));
+                    // Every fifth names a recipient who does not exist, so
+                    // it fails inside batches that others commit.
+                    if i % 5 == 0 {
+                        let refused = store.insert_message(&new, &[a.id, UserId::new()]).await;
+                        assert_eq!(refused.unwrap_err().code, ErrorCode::NotFound);
+                    } else {
+                        let inserted = store.insert_message(&new, &[a.id, b.id]).await.unwrap();
+                        stored.extend(inserted.deliveries);
+                    }
+                }
+                stored
+            })
+        })
+        .collect();
+    let mut reported = Vec::new();
+    for task in tasks {
+        reported.extend(task.await.unwrap());
+    }
+    // Closing drops the feed, which ends the channel after the last batch.
+    store.close().await;
+    let fed: Vec<Delivery> = commits.iter().flatten().collect();
+
+    let stored_each = (TASKS * EACH * 4 / 5) as u64;
+    for user in [a.id, b.id] {
+        let seqs: Vec<u64> = fed
+            .iter()
+            .filter(|delivery| delivery.user_id == user)
+            .map(|delivery| delivery.seq)
+            .collect();
+        assert_eq!(seqs, (1..=stored_each).collect::<Vec<_>>());
+    }
+    let by_seq = |deliveries: &mut Vec<Delivery>| {
+        deliveries.sort_by_key(|delivery| (delivery.user_id, delivery.seq));
+    };
+    let mut fed = fed;
+    by_seq(&mut fed);
+    by_seq(&mut reported);
+    assert_eq!(fed, reported);
+}
+
 /// A message and its events are one transaction: when appending to one
 /// recipient's log fails (an unknown user), the message is not stored and
 /// no other recipient got the event.
