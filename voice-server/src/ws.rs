@@ -407,9 +407,10 @@ async fn relay(
             }
             event = subscription.next() => {
                 // The store answers a write before it publishes the write's
-                // events, so a send of this device's that this event
-                // belongs to is ready: answered first, the device hears
-                // its message was stored before it hears the message.
+                // events, so if this event came from one of this device's
+                // sends, that send is ready: answering it first keeps the
+                // answer ahead of the device's own copy of the message
+                // (usually; the protocol allows either order).
                 if let Some(Some(answer)) = sends.next().now_or_never()
                     && let Err(close) = Box::pin(answer_sends(state, link, answer, sends)).await
                 {
