@@ -235,7 +235,10 @@ pub(crate) fn writer_loop(
         // to a lone write for no gain.
         batch.extend(jobs.try_iter().take(max_batch - 1));
         counters.record_batch(batch.len());
-        let committed = commit_batch(&conn, &mut batch, &counters, feed.get().is_some());
+        // Read once the batch is taken: a write queued after the feed was
+        // set is in this batch or a later one, so it is fed.
+        let feed = feed.get();
+        let committed = commit_batch(&conn, &mut batch, &counters, feed.is_some());
         let failure = committed.as_ref().err().cloned();
         if failure.is_some() {
             counters.failed_batches.fetch_add(1, Ordering::Relaxed);
@@ -245,7 +248,7 @@ pub(crate) fn writer_loop(
         }
         // After the answers: a device that sent a message hears that it was
         // stored before it hears the message itself.
-        if let (Ok(deliveries), Some(feed)) = (committed, feed.get())
+        if let (Ok(deliveries), Some(feed)) = (committed, feed)
             && !deliveries.is_empty()
             && catch_unwind(AssertUnwindSafe(|| feed(deliveries))).is_err()
         {
@@ -266,6 +269,7 @@ pub(crate) fn writer_loop(
 /// start with a savepoint around each job, so that only the failing job's
 /// work is undone. Jobs may run twice because they touch nothing but the
 /// transaction (see [`crate::SqliteStore`]'s `write`).
+///
 /// Returns the deliveries the batch committed, if `keep_deliveries`.
 fn commit_batch(
     conn: &Connection,
