@@ -10,7 +10,9 @@ use common::client::{Ended, User, befriend, direct_conversation};
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use voice_core::UserId;
+use voice_core::store::EventStore;
 use voice_core::wire::Event;
+use voice_store::{SqliteOptions, SqliteStore};
 
 async fn server() -> TestServer {
     TestServer::start(|config| {
@@ -1129,10 +1131,11 @@ async fn a_live_socket_gets_every_event_once_in_order_under_concurrent_senders()
     }
 }
 
-/// Bob's device, given a stored event that was never published (as when
-/// the request that committed it is cancelled before publishing) and then
-/// `live` messages that were: it must get all of them once each, in
-/// order, with the missing one from the store.
+/// Bob's device, given a stored event that was never published here (as
+/// when another node sharing the database stores it, or a store without a
+/// commit feed loses the task that was to publish it) and then `live`
+/// messages that were: it must get all of them once each, in order, with
+/// the missing one from the store.
 async fn an_unpublished_event_is_filled_in(
     reorder_wait_ms: u64,
     reorder_max_events: usize,
@@ -1151,9 +1154,14 @@ async fn an_unpublished_event_is_filled_in(
         .unwrap();
 
     let alice_id: UserId = alice.id.parse().unwrap();
-    let unpublished = server
-        .state
-        .store
+    // A second handle on the database: this server's commit feed never
+    // sees what it stores.
+    let elsewhere = SqliteStore::open(
+        &server.data_dir.path().join("voice.db"),
+        SqliteOptions::default(),
+    )
+    .unwrap();
+    let unpublished = elsewhere
         .append_events(
             &[(
                 bob.id.parse().unwrap(),
@@ -1163,6 +1171,7 @@ async fn an_unpublished_event_is_filled_in(
         )
         .await
         .unwrap();
+    elsewhere.close().await;
     assert_eq!(unpublished[0].seq, latest + 1);
     for i in 0..live {
         alice.message(&bob, &format!("live {i}")).await;
@@ -1178,6 +1187,19 @@ async fn an_unpublished_event_is_filled_in(
         assert_eq!(seq(&event), latest + 2 + i as u64, "in order, no repeat");
         assert_eq!(event["message"]["body"], format!("live {i}"));
     }
+    // The connection adds its counts when it closes: the gap was filled
+    // from the store once, and the live events had waited behind it.
+    socket.close().await;
+    let closed = async {
+        while server.state.event_order.snapshot().fills == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(std::time::Duration::from_secs(10), closed)
+        .await
+        .expect("the connection closes and adds its counts");
+    let stats = server.state.event_order.snapshot();
+    assert_eq!((stats.fills, stats.early), (1, live as u64));
 }
 
 #[tokio::test]
