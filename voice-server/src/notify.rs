@@ -4,10 +4,11 @@
 //! signaling) only onto the bus.
 //!
 //! Stored events go onto the bus in commit order when the store can feed
-//! its commits ([`voice_core::store::EventStore::feed_commits`], SQLite can): one task
-//! publishes each committed transaction's deliveries as the store hands
-//! them over, so every device gets its events in `seq` order. With a store
-//! that cannot, whoever wrote publishes what the write returned, and
+//! its commits to the server
+//! ([`voice_core::store::EventStore::feed_commits`]; SQLite can): one
+//! task publishes each committed transaction's deliveries as the store
+//! hands them over, so every device gets its events in `seq` order. With a
+//! store that cannot, whoever wrote publishes what the write returned, and
 //! concurrent writers' events reach the bus in whatever order their tasks
 //! run (each connection puts them back in order, see
 //! [`crate::event_order`]).
