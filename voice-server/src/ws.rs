@@ -390,14 +390,14 @@ async fn relay(
     let mut shutdown = state.shutdown.subscribe();
 
     loop {
-        // Committed sends go first: everyone else's devices wait for their
-        // events, and a late publish holds back a gap at each of them
-        // (select! alone picks among the ready branches at random).
-        if let Some(Some(answer)) = sends.next().now_or_never() {
-            if let Err(close) = Box::pin(answer_sends(state, link, answer, sends)).await {
-                return close;
-            }
-            continue;
+        // Committed sends go first (select! alone picks among the ready
+        // branches at random): with a store that has no commit feed,
+        // everyone else's devices wait for their events, and a late
+        // publish holds back a gap at each of them.
+        match answer_committed_sends(state, link, sends).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(close) => return close,
         }
         tokio::select! {
             Some(answer) = sends.next(), if !sends.is_empty() => {
@@ -411,9 +411,7 @@ async fn relay(
                 // sends, that send is ready: answering it first keeps the
                 // answer ahead of the device's own copy of the message
                 // (usually; the protocol allows either order).
-                if let Some(Some(answer)) = sends.next().now_or_never()
-                    && let Err(close) = Box::pin(answer_sends(state, link, answer, sends)).await
-                {
+                if let Err(close) = answer_committed_sends(state, link, sends).await {
                     return close;
                 }
                 // Boxed, once per wake-up: the writes' state would
@@ -697,6 +695,20 @@ async fn handle_client_message(
         Ok(()) => Ok(()),
         Err(error) => link.send_error(error, None).await,
     }
+}
+
+/// Answers the device's sends that have committed, if the oldest has;
+/// returns whether it had. `Err` ends the connection.
+async fn answer_committed_sends(
+    state: &AppState,
+    link: &mut Link,
+    sends: &mut Sends,
+) -> Result<bool, Option<Close>> {
+    let Some(Some(oldest)) = sends.next().now_or_never() else {
+        return Ok(false);
+    };
+    Box::pin(answer_sends(state, link, oldest, sends)).await?;
+    Ok(true)
 }
 
 /// Publishes the events of a committed send, and of those after it that
