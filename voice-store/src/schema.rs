@@ -229,6 +229,26 @@ const MIGRATIONS: &[&str] = &[
     -- oldest events in seq order, through the primary key.
     DROP INDEX events_by_created_at;
     ",
+    // 7: the event log without a foreign key.
+    "
+    -- Its check was a second lookup of the user's row on every event (99
+    -- for a message to a group of 100): every append reads that row for
+    -- the user's next seq first, which refuses an unknown user, and users
+    -- are never deleted. SQLite cannot drop a constraint, so the table is
+    -- rebuilt.
+    CREATE TABLE events_v7 (
+        user_id TEXT NOT NULL,
+        seq INTEGER NOT NULL CHECK (seq > 0),
+        event TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        message_id TEXT,
+        PRIMARY KEY (user_id, seq)
+    ) STRICT, WITHOUT ROWID;
+    INSERT INTO events_v7 (user_id, seq, event, created_at, message_id)
+    SELECT user_id, seq, event, created_at, message_id FROM events;
+    DROP TABLE events;
+    ALTER TABLE events_v7 RENAME TO events;
+    ",
 ];
 
 /// The schema version this build creates and understands.
@@ -661,6 +681,76 @@ mod tests {
             })
             .unwrap();
         assert_eq!(kept, (1, 5));
+    }
+
+    /// Whether `table` has a foreign key.
+    fn has_foreign_key(conn: &Connection, table: &str) -> bool {
+        conn.query_row(
+            "SELECT count(*) FROM pragma_foreign_key_list(?1)",
+            [table],
+            |row| row.get::<_, i64>(0),
+        )
+        .unwrap()
+            > 0
+    }
+
+    #[test]
+    fn migration_7_keeps_the_events_and_their_checks_but_not_the_foreign_key() {
+        let (mut conn, user) = database_with_a_user(6);
+        assert!(has_foreign_key(&conn, "events"));
+        conn.execute(
+            "INSERT INTO events (user_id, seq, event, created_at, message_id)
+             VALUES (?1, 1, '', 5, 'message-1'), (?1, 2, '{}', 6, NULL)",
+            [user],
+        )
+        .unwrap();
+
+        migrate(&mut conn).unwrap();
+        assert_eq!(version(&conn), SCHEMA_VERSION);
+        assert!(!has_foreign_key(&conn, "events"));
+        let kept: Vec<(String, i64, String, i64, Option<String>)> = conn
+            .prepare("SELECT user_id, seq, event, created_at, message_id FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                ))
+            })
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            kept,
+            vec![
+                (
+                    user.to_owned(),
+                    1,
+                    String::new(),
+                    5,
+                    Some("message-1".to_owned())
+                ),
+                (user.to_owned(), 2, "{}".to_owned(), 6, None),
+            ]
+        );
+        let insert = |seq: i64| {
+            conn.execute(
+                "INSERT INTO events (user_id, seq, event, created_at) VALUES (?1, ?2, '{}', 7)",
+                rusqlite::params![user, seq],
+            )
+        };
+        assert!(insert(2).is_err(), "one event per user and seq");
+        assert!(insert(0).is_err(), "seqs count from 1");
+        let strict = conn.execute(
+            "INSERT INTO events (user_id, seq, event, created_at) VALUES (?1, 3, '{}', 'soon')",
+            [user],
+        );
+        assert!(strict.is_err(), "still STRICT");
+        let without_rowid = conn.query_row("SELECT rowid FROM events", [], |_| Ok(()));
+        assert!(without_rowid.is_err(), "still WITHOUT ROWID");
     }
 
     #[test]
