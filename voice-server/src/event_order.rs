@@ -20,6 +20,7 @@
 //! timer, so tests drive it with a made-up clock.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -106,13 +107,16 @@ impl EventOrder {
         if seq <= self.last_seq {
             return;
         }
-        if seq > self.last_seq + 1 && !self.held.contains_key(&seq) {
-            self.stats.early += 1;
-        }
         if self.held.is_empty() {
             self.holding_since = Some(now);
         }
-        self.held.entry(seq).or_insert(event);
+        // A repeat of a held event is dropped, and counted once.
+        if let Entry::Vacant(slot) = self.held.entry(seq) {
+            if seq > self.last_seq + 1 {
+                self.stats.early += 1;
+            }
+            slot.insert(event);
+        }
     }
 
     /// The next event the device should get, if it is here.
