@@ -78,15 +78,7 @@ impl Fixture {
 
 /// Signs up the user `subject` (created at `at`) and returns their id.
 async fn bench_user(store: &SqliteStore, subject: &str, at: OffsetDateTime) -> UserId {
-    let identity = Identity {
-        issuer: "https://bench.example".to_owned(),
-        subject: subject.to_owned(),
-        email: None,
-        email_verified: false,
-        name: None,
-        picture: None,
-        hosted_domain: None,
-    };
+    let identity = Identity::new("https://bench.example", subject);
     let (user, _) = store.upsert_user(&identity, at).await.expect("user stored");
     user.id
 }

@@ -41,6 +41,22 @@ pub struct Identity {
     pub hosted_domain: Option<String>,
 }
 
+impl Identity {
+    /// An identity with only its issuer and subject: no email, name,
+    /// picture or domain claims. Set the others with struct update syntax.
+    pub fn new(issuer: impl Into<String>, subject: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            subject: subject.into(),
+            email: None,
+            email_verified: false,
+            name: None,
+            picture: None,
+            hosted_domain: None,
+        }
+    }
+}
+
 /// One user's view of a relationship with another user.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

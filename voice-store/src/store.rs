@@ -530,15 +530,7 @@ mod tests {
 
         let dir = tempfile::tempdir().unwrap();
         let store = open(&dir, SqliteOptions::default());
-        let identity = Identity {
-            issuer: "https://test.example".to_owned(),
-            subject: "counted".to_owned(),
-            email: None,
-            email_verified: false,
-            name: None,
-            picture: None,
-            hosted_domain: None,
-        };
+        let identity = Identity::new("https://test.example", "counted");
         let now = time::OffsetDateTime::now_utc();
         let user = store.upsert_user(&identity, now).await.unwrap().0.id;
         let event = Event::FriendRemoved {

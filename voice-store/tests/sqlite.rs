@@ -28,15 +28,7 @@ fn pruning_in_steps(dir: &Path, users: usize, events: usize) -> SqliteStore {
 }
 
 async fn a_user(store: &SqliteStore) -> User {
-    let identity = Identity {
-        issuer: "https://tests.example".to_owned(),
-        subject: MessageId::new().to_string(),
-        email: None,
-        email_verified: false,
-        name: None,
-        picture: None,
-        hosted_domain: None,
-    };
+    let identity = Identity::new("https://tests.example", MessageId::new().to_string());
     store
         .upsert_user(&identity, OffsetDateTime::now_utc())
         .await

@@ -451,13 +451,8 @@ async fn dev_login(
     }
     tracing::warn!(username = %request.username, "DEV SIGN-IN used: no identity was verified");
     let identity = Identity {
-        issuer: DEV_ISSUER.into(),
-        subject: request.username.clone(),
-        email: None,
-        email_verified: false,
-        name: Some(request.username),
-        picture: None,
-        hosted_domain: None,
+        name: Some(request.username.clone()),
+        ..Identity::new(DEV_ISSUER, request.username)
     };
     let (user, _) = state
         .store

@@ -54,15 +54,7 @@ async fn run(path: PathBuf, synchronous: Synchronous, tasks: usize) {
     // the server's would.
     let mut users = Vec::new();
     for subject in ["writer", "partner"] {
-        let identity = Identity {
-            issuer: "https://durability.example".to_owned(),
-            subject: subject.to_owned(),
-            email: None,
-            email_verified: false,
-            name: None,
-            picture: None,
-            hosted_domain: None,
-        };
+        let identity = Identity::new("https://durability.example", subject);
         let (user, _) = store
             .upsert_user(&identity, OffsetDateTime::now_utc())
             .await
