@@ -617,15 +617,29 @@ mod tests {
         (conn, user)
     }
 
+    /// Whether `count_sql` (a `SELECT count(*)` taking `name`) counts any.
+    fn counts_any(conn: &Connection, count_sql: &str, name: &str) -> bool {
+        conn.query_row(count_sql, [name], |row| row.get::<_, i64>(0))
+            .unwrap()
+            > 0
+    }
+
     /// Whether the schema has a table or index called `name`.
     fn has_object(conn: &Connection, name: &str) -> bool {
-        conn.query_row(
+        counts_any(
+            conn,
             "SELECT count(*) FROM sqlite_schema WHERE name = ?1",
-            [name],
-            |row| row.get::<_, i64>(0),
+            name,
         )
-        .unwrap()
-            > 0
+    }
+
+    /// Whether `table` has a foreign key.
+    fn has_foreign_key(conn: &Connection, table: &str) -> bool {
+        counts_any(
+            conn,
+            "SELECT count(*) FROM pragma_foreign_key_list(?1)",
+            table,
+        )
     }
 
     #[test]
@@ -681,17 +695,6 @@ mod tests {
             })
             .unwrap();
         assert_eq!(kept, (1, 5));
-    }
-
-    /// Whether `table` has a foreign key.
-    fn has_foreign_key(conn: &Connection, table: &str) -> bool {
-        conn.query_row(
-            "SELECT count(*) FROM pragma_foreign_key_list(?1)",
-            [table],
-            |row| row.get::<_, i64>(0),
-        )
-        .unwrap()
-            > 0
     }
 
     #[test]
