@@ -156,7 +156,7 @@ impl Server {
                 .await
                 .map_err(StartupError::Store)?;
         }
-        match calls::close_lost_calls(&state.notifier()).await {
+        match calls::close_lost_calls(&state.notifier).await {
             Ok(0) => {}
             Ok(closed) => tracing::info!(closed, "closed the calls the last run left open"),
             Err(error) => tracing::error!(%error, "cannot close the calls the last run left open"),

@@ -172,15 +172,15 @@ pub async fn to_the_end<T: Send + 'static>(
 
 /// [`Notifier::notify`] with the state's store and bus.
 pub async fn notify(state: &AppState, events: Vec<(UserId, Event)>) -> Result<()> {
-    state.notifier().notify(events).await
+    state.notifier.notify(events).await
 }
 
 /// [`Notifier::publish`] with the state's bus.
 pub async fn publish(state: &AppState, deliveries: &[Delivery]) {
-    state.notifier().publish(deliveries).await
+    state.notifier.publish(deliveries).await
 }
 
 /// [`Notifier::publish_ephemeral`] with the state's bus.
 pub async fn publish_ephemeral(state: &AppState, events: Vec<(UserId, Event)>) {
-    state.notifier().publish_ephemeral(events).await
+    state.notifier.publish_ephemeral(events).await
 }

@@ -57,9 +57,9 @@ pub struct AppState {
     pub ice: Ice,
     /// How often live events came out of order, over closed connections.
     pub event_order: Arc<OrderTotals>,
-    /// Whether the store publishes stored events as it commits them (see
-    /// [`crate::notify::publish_commits`]).
-    pub store_publishes: bool,
+    /// The store and the bus, and whether the store publishes stored
+    /// events as it commits them (see [`crate::notify::publish_commits`]).
+    pub notifier: Notifier,
 }
 
 impl AppState {
@@ -133,15 +133,12 @@ impl AppState {
         );
 
         let ice = Ice::start(config.ice.clone(), store.clone());
-        let store_publishes = publish_commits(store.as_ref(), bus.clone());
-        let calls = Calls::spawn(
-            call_config(&config.calls),
-            Notifier {
-                store: store.clone(),
-                bus: bus.clone(),
-                store_publishes,
-            },
-        );
+        let notifier = Notifier {
+            store: store.clone(),
+            bus: bus.clone(),
+            store_publishes: publish_commits(store.as_ref(), bus.clone()),
+        };
+        let calls = Calls::spawn(call_config(&config.calls), notifier.clone());
 
         Ok(Self {
             config: Arc::new(config),
@@ -161,16 +158,8 @@ impl AppState {
             calls,
             ice,
             event_order: Arc::default(),
-            store_publishes,
+            notifier,
         })
-    }
-
-    pub fn notifier(&self) -> Notifier {
-        Notifier {
-            store: self.store.clone(),
-            bus: self.bus.clone(),
-            store_publishes: self.store_publishes,
-        }
     }
 }
 

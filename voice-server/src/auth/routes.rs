@@ -386,7 +386,7 @@ async fn end_session(
     to_the_end(async move {
         state.store.revoke_session(session, now).await?;
         state
-            .notifier()
+            .notifier
             .publish_to_devices(
                 user,
                 voice_core::bus::Devices::Only(session),
