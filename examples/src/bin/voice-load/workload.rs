@@ -178,13 +178,26 @@ impl Http {
         token: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> Result<T, String> {
+        let response = self.succeed(method, path, token, body).await?;
+        response.json().await.map_err(|e| format!("{path}: {e}"))
+    }
+
+    /// [`Http::request`], with any status but success an error that says
+    /// what the server answered.
+    async fn succeed(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Result<reqwest::Response, String> {
         let response = self.request(method, path, token, body).await?;
         let status = response.status();
         if !status.is_success() {
             let text = response.text().await.unwrap_or_default();
             return Err(format!("{path}: {status} {text}"));
         }
-        response.json().await.map_err(|e| format!("{path}: {e}"))
+        Ok(response)
     }
 }
 
@@ -610,26 +623,21 @@ async fn relate(
                 let http = http.clone();
                 let (from, to) = (&peers[a], &peers[b]);
                 async move {
-                    http.request(
+                    http.succeed(
                         reqwest::Method::POST,
                         "/v1/friends/requests",
                         from.token.as_deref(),
                         Some(serde_json::json!({ "user_id": to.id })),
                     )
                     .await?;
-                    let accepted = http
-                        .request(
-                            reqwest::Method::POST,
-                            &format!("/v1/friends/requests/{}/accept", from.id),
-                            to.token.as_deref(),
-                            None,
-                        )
-                        .await?;
-                    if accepted.status().is_success() {
-                        Ok(())
-                    } else {
-                        Err(format!("befriending failed: {}", accepted.status()))
-                    }
+                    http.succeed(
+                        reqwest::Method::POST,
+                        &format!("/v1/friends/requests/{}/accept", from.id),
+                        to.token.as_deref(),
+                        None,
+                    )
+                    .await?;
+                    Ok(())
                 }
             })
             .buffered(32)
