@@ -299,6 +299,7 @@ impl Raw {
             ])
         })
         .expect("insert");
+        let message_key = conn.last_insert_rowid();
         for user in &self.users {
             conn.prepare_cached(
                 "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
@@ -308,18 +309,20 @@ impl Raw {
             .expect("participant");
         }
         for user in &self.users {
-            let event_seq: i64 = conn
-                .prepare_cached("SELECT last_event_seq + 1 FROM users WHERE id = ?1")
-                .and_then(|mut next| next.query_row([user], |row| row.get(0)))
+            let (user_key, event_seq): (i64, i64) = conn
+                .prepare_cached("SELECT log_key, last_event_seq + 1 FROM users WHERE id = ?1")
+                .and_then(|mut next| next.query_row([user], |row| Ok((row.get(0)?, row.get(1)?))))
                 .expect("event seq");
             conn.prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")
                 .and_then(|mut count| count.execute(rusqlite::params![user, event_seq]))
                 .expect("count");
             conn.prepare_cached(
-                "INSERT INTO events (user_id, seq, event, created_at, message_id)
+                "INSERT INTO events (user_key, seq, event, created_at, message_key)
                  VALUES (?1, ?2, '', ?3, ?4)",
             )
-            .and_then(|mut append| append.execute(rusqlite::params![user, event_seq, now, id]))
+            .and_then(|mut append| {
+                append.execute(rusqlite::params![user_key, event_seq, now, message_key])
+            })
             .expect("append");
         }
     }

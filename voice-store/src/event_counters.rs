@@ -17,29 +17,46 @@ use voice_core::{Error, UserId};
 
 use crate::error::DbResult;
 
+/// Where the next event of a user's log goes: the user's key in the log
+/// (`users.log_key`) and the event's seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct LogSlot {
+    pub(crate) user_key: i64,
+    pub(crate) seq: i64,
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct EventCounters {
-    /// The newest seq handed out to each user in this transaction.
-    current: HashMap<UserId, i64>,
+    /// Each user's key and the newest seq handed out to them in this
+    /// transaction.
+    current: HashMap<UserId, LogSlot>,
     /// What the running job changed, oldest first, with each counter's
     /// value before the change (`None`: not yet read in this transaction),
     /// so that rolling the job back restores exactly what was there.
-    job_changes: Vec<(UserId, Option<i64>)>,
+    job_changes: Vec<(UserId, Option<LogSlot>)>,
 }
 
 impl EventCounters {
-    /// The next seq of `user`'s log. An unknown user is not found.
-    pub(crate) fn next(&mut self, conn: &Connection, user: UserId) -> DbResult<i64> {
+    /// Where `user`'s next event goes. An unknown user is not found.
+    pub(crate) fn next(&mut self, conn: &Connection, user: UserId) -> DbResult<LogSlot> {
         let before = self.current.get(&user).copied();
         let last = match before {
             Some(last) => last,
             None => conn
-                .prepare_cached("SELECT last_event_seq FROM users WHERE id = ?1")?
-                .query_row([user.to_string()], |row| row.get(0))
+                .prepare_cached("SELECT log_key, last_event_seq FROM users WHERE id = ?1")?
+                .query_row([user.to_string()], |row| {
+                    Ok(LogSlot {
+                        user_key: row.get(0)?,
+                        seq: row.get(1)?,
+                    })
+                })
                 .optional()?
                 .ok_or_else(|| Error::not_found("no such user"))?,
         };
-        let next = last + 1;
+        let next = LogSlot {
+            seq: last.seq + 1,
+            ..last
+        };
         self.current.insert(user, next);
         self.job_changes.push((user, before));
         Ok(next)
@@ -67,7 +84,7 @@ impl EventCounters {
         let mut update =
             conn.prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")?;
         for (user, last) in self.current.drain() {
-            update.execute(params![user.to_string(), last])?;
+            update.execute(params![user.to_string(), last.seq])?;
         }
         Ok(())
     }
@@ -80,14 +97,14 @@ mod tests {
     fn database(users: &[UserId]) -> Connection {
         let conn = Connection::open_in_memory().unwrap();
         conn.execute_batch(
-            "CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL,
+            "CREATE TABLE users (id TEXT PRIMARY KEY NOT NULL, log_key INTEGER,
                                  last_event_seq INTEGER NOT NULL DEFAULT 0)",
         )
         .unwrap();
-        for user in users {
+        for (key, user) in (1..).zip(users) {
             conn.execute(
-                "INSERT INTO users (id, last_event_seq) VALUES (?1, 5)",
-                [user.to_string()],
+                "INSERT INTO users (id, log_key, last_event_seq) VALUES (?1, ?2, 5)",
+                params![user.to_string(), key],
             )
             .unwrap();
         }
@@ -109,16 +126,23 @@ mod tests {
         let conn = database(&[a, b]);
         let mut counters = EventCounters::default();
         counters.begin_job();
-        assert_eq!(counters.next(&conn, a).unwrap(), 6);
-        assert_eq!(counters.next(&conn, a).unwrap(), 7);
-        assert_eq!(counters.next(&conn, b).unwrap(), 6);
+        assert_eq!(counters.next(&conn, a).unwrap().seq, 6);
+        assert_eq!(counters.next(&conn, a).unwrap().seq, 7);
+        assert_eq!(
+            counters.next(&conn, b).unwrap(),
+            LogSlot {
+                user_key: 2,
+                seq: 6
+            },
+            "each user's events go under their own key"
+        );
         assert_eq!(stored(&conn, a), 5, "nothing is written before write_back");
         counters.write_back(&conn).unwrap();
         assert_eq!((stored(&conn, a), stored(&conn, b)), (7, 6));
         // Forgotten after the write-back: the next transaction reads again.
         conn.execute("UPDATE users SET last_event_seq = 40", [])
             .unwrap();
-        assert_eq!(counters.next(&conn, a).unwrap(), 41);
+        assert_eq!(counters.next(&conn, a).unwrap().seq, 41);
     }
 
     #[test]
@@ -127,15 +151,15 @@ mod tests {
         let conn = database(&[a, b]);
         let mut counters = EventCounters::default();
         counters.begin_job();
-        assert_eq!(counters.next(&conn, a).unwrap(), 6);
+        assert_eq!(counters.next(&conn, a).unwrap().seq, 6);
         counters.begin_job();
-        assert_eq!(counters.next(&conn, a).unwrap(), 7);
-        assert_eq!(counters.next(&conn, a).unwrap(), 8);
-        assert_eq!(counters.next(&conn, b).unwrap(), 6);
+        assert_eq!(counters.next(&conn, a).unwrap().seq, 7);
+        assert_eq!(counters.next(&conn, a).unwrap().seq, 8);
+        assert_eq!(counters.next(&conn, b).unwrap().seq, 6);
         counters.roll_back_job();
         counters.begin_job();
-        assert_eq!(counters.next(&conn, a).unwrap(), 7);
-        assert_eq!(counters.next(&conn, b).unwrap(), 6);
+        assert_eq!(counters.next(&conn, a).unwrap().seq, 7);
+        assert_eq!(counters.next(&conn, b).unwrap().seq, 6);
         counters.write_back(&conn).unwrap();
         assert_eq!((stored(&conn, a), stored(&conn, b)), (7, 6));
     }

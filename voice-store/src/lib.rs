@@ -48,6 +48,11 @@
 //! their primary key a batch of users per write (there is no index by
 //! date, which every event would pay for). Deleting a message also
 //! replaces it by its tombstone in the logged `message.created` events.
+//! The log names users and messages by small integer keys
+//! (`users.log_key`, a column of its own, and `messages.key`, the
+//! message's rowid), not by their 36-character ids: a message to a group
+//! of 100 writes 99 rows of about 20 bytes instead of about 90, so the
+//! log's pages fill and split several times less often.
 //!
 //! # Durability
 //!

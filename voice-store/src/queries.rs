@@ -233,17 +233,24 @@ fn distinct(users: &[UserId]) -> Vec<UserId> {
 }
 
 /// How an event is kept in a user's log: a `message.created` as its
-/// message's id (the message row is the event, read with it on replay),
+/// message's key (the message row is the event, read with it on replay),
 /// any other event as its JSON.
 enum LoggedEvent {
-    Message(String),
+    Message(i64),
     Json(String),
 }
 
 impl LoggedEvent {
-    fn of(event: &Event) -> DbResult<LoggedEvent> {
+    /// How `event` is kept; a `message.created` whose message is not
+    /// stored is not found.
+    fn of(conn: &Connection, event: &Event) -> DbResult<LoggedEvent> {
         if let Event::MessageCreated { message } = event {
-            return Ok(LoggedEvent::Message(message.id.to_string()));
+            return conn
+                .prepare_cached("SELECT key FROM messages WHERE id = ?1")?
+                .query_row([message.id.to_string()], |row| row.get(0))
+                .optional()?
+                .map(LoggedEvent::Message)
+                .ok_or_else(|| Error::not_found("no such message").into());
         }
         serde_json::to_string(event)
             .map(LoggedEvent::Json)
@@ -253,10 +260,10 @@ impl LoggedEvent {
             })
     }
 
-    /// The `event` and `message_id` columns.
-    fn columns(&self) -> (&str, Option<&str>) {
+    /// The `event` and `message_key` columns.
+    fn columns(&self) -> (&str, Option<i64>) {
         match self {
-            LoggedEvent::Message(id) => ("", Some(id)),
+            LoggedEvent::Message(key) => ("", Some(*key)),
             LoggedEvent::Json(json) => (json, None),
         }
     }
@@ -272,16 +279,16 @@ fn append_event(
     logged: &LoggedEvent,
     now: OffsetDateTime,
 ) -> DbResult<Delivery> {
-    let seq = tx.next_event_seq(user)?;
-    let (json, message_id) = logged.columns();
+    let slot = tx.next_event_slot(user)?;
+    let (json, message_key) = logged.columns();
     tx.prepare_cached(
-        "INSERT INTO events (user_id, seq, event, created_at, message_id)
+        "INSERT INTO events (user_key, seq, event, created_at, message_key)
          VALUES (?1, ?2, ?3, ?4, ?5)",
     )?
-    .execute(params![user.to_string(), seq, json, ms(now), message_id])?;
+    .execute(params![slot.user_key, slot.seq, json, ms(now), message_key])?;
     let delivery = Delivery {
         user_id: user,
-        seq: seq as u64,
+        seq: slot.seq as u64,
         event: Arc::clone(event),
         created_at: stored(now),
     };
@@ -299,11 +306,22 @@ fn deliver(
     if users.is_empty() {
         return Ok(Vec::new());
     }
-    let logged = LoggedEvent::of(&event)?;
+    let logged = LoggedEvent::of(tx, &event)?;
+    deliver_logged(tx, users, event, &logged, now)
+}
+
+/// [`deliver`], for a caller that knows how the event is kept.
+fn deliver_logged(
+    tx: &WriteTx<'_>,
+    users: &[UserId],
+    event: Event,
+    logged: &LoggedEvent,
+    now: OffsetDateTime,
+) -> DbResult<Vec<Delivery>> {
     let event = Arc::new(event);
     users
         .iter()
-        .map(|user| append_event(tx, *user, &event, &logged, now))
+        .map(|user| append_event(tx, *user, &event, logged, now))
         .collect()
 }
 
@@ -347,6 +365,8 @@ fn insert_message(
         message.client_id,
         ms(message.created_at),
     ])?;
+    // The key column is the rowid, which the insert chose.
+    let logged = LoggedEvent::Message(tx.last_insert_rowid());
     // A direct conversation's users are in its id; a group's come
     // from its membership rows instead. They are written with the first
     // message and never removed, so later messages need not look.
@@ -375,7 +395,7 @@ fn insert_message(
         message: stored.clone(),
     };
     // The events are dated like the message.
-    let deliveries = deliver(tx, recipients, event, message.created_at)?;
+    let deliveries = deliver_logged(tx, recipients, event, &logged, message.created_at)?;
     Ok(MessageInsert {
         message: stored,
         created: true,
@@ -546,8 +566,9 @@ impl UserStore for SqliteStore {
                     let id = UserId::new();
                     conn.prepare_cached(
                         "INSERT INTO users (id, issuer, subject, email, name, picture, created_at,
-                                            email_key, name_key)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                                            email_key, name_key, log_key)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9,
+                                 (SELECT coalesce(max(log_key), 0) + 1 FROM users))",
                     )?
                     .execute(params![
                         id.to_string(),
@@ -1281,7 +1302,7 @@ impl EventStore for SqliteStore {
             events
                 .iter()
                 .map(|(user, event)| {
-                    append_event(conn, *user, event, &LoggedEvent::of(event)?, now)
+                    append_event(conn, *user, event, &LoggedEvent::of(conn, event)?, now)
                 })
                 .collect()
         })
@@ -1297,16 +1318,18 @@ impl EventStore for SqliteStore {
             // One snapshot: a prune committing between the check and the
             // read must not open a gap that the check did not see.
             let snapshot = conn.unchecked_transaction()?;
-            let (latest, pruned) = event_marks(conn, user)?;
+            let marks = event_marks(conn, user)?;
             // Every pruned seq is at most `pruned`, so one of them is after
             // `since` exactly when `pruned` is.
-            if since > latest || since < pruned {
-                return Ok(Replay::ResyncRequired { latest_seq: latest });
+            if since > marks.latest || since < marks.pruned {
+                return Ok(Replay::ResyncRequired {
+                    latest_seq: marks.latest,
+                });
             }
             let deliveries = conn
                 .prepare_cached(&REPLAY_QUERY)?
                 .query_map(
-                    params![user.to_string(), sql_seq(since), i64::from(limit)],
+                    params![marks.user_key, sql_seq(since), i64::from(limit)],
                     |row| {
                         Ok(Delivery {
                             user_id: user,
@@ -1324,18 +1347,19 @@ impl EventStore for SqliteStore {
     }
 
     async fn latest_event_seq(&self, user: UserId) -> Result<u64> {
-        self.read(move |conn| Ok(event_marks(conn, user)?.0)).await
+        self.read(move |conn| Ok(event_marks(conn, user)?.latest))
+            .await
     }
 
     async fn prune_events(&self, before: OffsetDateTime) -> Result<u64> {
         let before = ms(before);
         let limits = self.prune_limits();
         let mut removed = 0;
-        let mut after = String::new();
+        let mut after = 0;
         loop {
-            let cursor = std::mem::take(&mut after);
+            let cursor = after;
             let (chunk_removed, go_on_after) = self
-                .write(move |conn| prune_users_after(conn, &cursor, before, limits))
+                .write(move |conn| prune_users_after(conn, cursor, before, limits))
                 .await?;
             removed += chunk_removed;
             match go_on_after {
@@ -1346,8 +1370,8 @@ impl EventStore for SqliteStore {
     }
 }
 
-/// Prunes the logs of up to `limits.users` users after `after` (by id; ""
-/// starts at the first), deleting at most `limits.events` events: each
+/// Prunes the logs of up to `limits.users` users after `after` (by their
+/// key in the log; 0 starts at the first), deleting at most `limits.events` events: each
 /// user loses its leading events created before `before`, and its row
 /// remembers the newest seq pruned. Returns the events removed and the
 /// user to go on after, `None` once every user has been looked at. A user
@@ -1359,22 +1383,22 @@ impl EventStore for SqliteStore {
 /// one is rare, and it is kept only until that newer one is pruned.
 fn prune_users_after(
     conn: &Connection,
-    after: &str,
+    after: i64,
     before: i64,
     limits: PruneLimits,
-) -> DbResult<(u64, Option<String>)> {
+) -> DbResult<(u64, Option<i64>)> {
     let users = conn
-        .prepare_cached("SELECT id FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?
+        .prepare_cached("SELECT log_key FROM users WHERE log_key > ?1 ORDER BY log_key LIMIT ?2")?
         .query_map(
             params![after, i64::try_from(limits.users).unwrap_or(i64::MAX)],
-            |row| row.get::<_, String>(0),
+            |row| row.get::<_, i64>(0),
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     let event_limit = limits.events as u64;
     let mut removed = 0;
     // The last user whose log is done, for the next call to go on after.
     let mut done_up_to = after;
-    for user in &users {
+    for &user in &users {
         // At least one: the loop stops once the limit is reached. A limit
         // past what SQL integers hold means no limit.
         let budget = i64::try_from(event_limit - removed).unwrap_or(i64::MAX);
@@ -1383,14 +1407,14 @@ fn prune_users_after(
             continue;
         };
         removed += conn
-            .prepare_cached("DELETE FROM events WHERE user_id = ?1 AND seq <= ?2")?
+            .prepare_cached("DELETE FROM events WHERE user_key = ?1 AND seq <= ?2")?
             .execute(params![user, prunable.last])? as u64;
         conn.prepare_cached(
-            "UPDATE users SET pruned_event_seq = max(pruned_event_seq, ?2) WHERE id = ?1",
+            "UPDATE users SET pruned_event_seq = max(pruned_event_seq, ?2) WHERE log_key = ?1",
         )?
         .execute(params![user, prunable.last])?;
         if !prunable.whole {
-            return Ok((removed, Some(done_up_to.to_owned())));
+            return Ok((removed, Some(done_up_to)));
         }
         done_up_to = user;
         if removed >= event_limit {
@@ -1398,7 +1422,7 @@ fn prune_users_after(
         }
     }
     let more = users.len() == limits.users || removed >= event_limit;
-    Ok((removed, more.then(|| done_up_to.to_owned())))
+    Ok((removed, more.then_some(done_up_to)))
 }
 
 /// The part of a user's leading run of old events that one write prunes.
@@ -1409,18 +1433,18 @@ struct PrunableRun {
     whole: bool,
 }
 
-/// The first at most `budget` (at least one) of the leading events of
-/// `user`'s log created before `before`, if there are any. Each lookup
+/// The first at most `budget` (at least one) of the leading events of the
+/// log of the user keyed `user` created before `before`, if there are any. Each lookup
 /// goes through the primary key, and none reads more than `budget + 1` of
 /// the log's events, however long its old run is.
 fn prunable_run(
     conn: &Connection,
-    user: &str,
+    user: i64,
     before: i64,
     budget: i64,
 ) -> DbResult<Option<PrunableRun>> {
     let first: Option<i64> = conn
-        .prepare_cached("SELECT min(seq) FROM events WHERE user_id = ?1")?
+        .prepare_cached("SELECT min(seq) FROM events WHERE user_key = ?1")?
         .query_row([user], |row| row.get(0))?;
     let Some(first) = first else {
         return Ok(None);
@@ -1430,7 +1454,7 @@ fn prunable_run(
     let window_end = first.saturating_add(budget - 1);
     let first_kept: Option<i64> = conn
         .prepare_cached(
-            "SELECT seq FROM events WHERE user_id = ?1 AND seq <= ?2 AND created_at >= ?3
+            "SELECT seq FROM events WHERE user_key = ?1 AND seq <= ?2 AND created_at >= ?3
              ORDER BY seq LIMIT 1",
         )?
         .query_row(params![user, window_end, before], |row| row.get(0))
@@ -1442,12 +1466,12 @@ fn prunable_run(
         }));
     }
     let last: i64 = conn
-        .prepare_cached("SELECT max(seq) FROM events WHERE user_id = ?1 AND seq <= ?2")?
+        .prepare_cached("SELECT max(seq) FROM events WHERE user_key = ?1 AND seq <= ?2")?
         .query_row(params![user, window_end], |row| row.get(0))?;
     // Whatever comes after the window decides whether the run goes on.
     let next_created_at: Option<i64> = conn
         .prepare_cached(
-            "SELECT created_at FROM events WHERE user_id = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
+            "SELECT created_at FROM events WHERE user_key = ?1 AND seq > ?2 ORDER BY seq LIMIT 1",
         )?
         .query_row(params![user, last], |row| row.get(0))
         .optional()?;
@@ -1467,25 +1491,25 @@ static REPLAY_QUERY: LazyLock<String> = LazyLock::new(|| {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "SELECT e.seq, e.event, e.created_at, e.message_id, {message_columns}
-         FROM events e LEFT JOIN messages m ON m.id = e.message_id
-         WHERE e.user_id = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
+        "SELECT e.seq, e.event, e.created_at, e.message_key, {message_columns}
+         FROM events e LEFT JOIN messages m ON m.key = e.message_key
+         WHERE e.user_key = ?1 AND e.seq > ?2 ORDER BY e.seq LIMIT ?3"
     )
 });
 
 /// The event of a replay row (see `events_since`): a `message.created`
 /// made from the joined message, or the stored JSON.
 fn logged_event_at(row: &Row<'_>) -> rusqlite::Result<Event> {
-    let message_id: Option<String> = row.get(3)?;
-    if let Some(message_id) = message_id {
+    let message_key: Option<i64> = row.get(3)?;
+    if let Some(message_key) = message_key {
         // Messages are never removed, only tombstoned; a missing one is a
         // damaged database, reported like an unreadable event.
         let joined: Option<String> = row.get(4)?;
         if joined.is_none() {
             return Err(conversion_error(
                 3,
-                Type::Text,
-                format!("the event's message {message_id} is missing"),
+                Type::Integer,
+                format!("the event's message (key {message_key}) is missing"),
             ));
         }
         return Ok(Event::MessageCreated {
@@ -1496,16 +1520,33 @@ fn logged_event_at(row: &Row<'_>) -> rusqlite::Result<Event> {
     serde_json::from_str(&json).map_err(|error| conversion_error(1, Type::Text, error))
 }
 
-/// `user`'s newest event seq and the highest seq pruned from their log;
-/// zeros for a user never seen.
-fn event_marks(conn: &Connection, user: UserId) -> DbResult<(u64, u64)> {
+/// Where a user's event log stands.
+#[derive(Default)]
+struct EventMarks {
+    /// The user's key in the log (`users.log_key`); none for a user never
+    /// seen.
+    user_key: Option<i64>,
+    /// The newest seq.
+    latest: u64,
+    /// The highest seq pruned.
+    pruned: u64,
+}
+
+/// Where `user`'s event log stands; zeros for a user never seen.
+fn event_marks(conn: &Connection, user: UserId) -> DbResult<EventMarks> {
     Ok(conn
-        .prepare_cached("SELECT last_event_seq, pruned_event_seq FROM users WHERE id = ?1")?
+        .prepare_cached(
+            "SELECT log_key, last_event_seq, pruned_event_seq FROM users WHERE id = ?1",
+        )?
         .query_row([user.to_string()], |row| {
-            Ok((seq_at(row, 0)?, seq_at(row, 1)?))
+            Ok(EventMarks {
+                user_key: row.get(0)?,
+                latest: seq_at(row, 1)?,
+                pruned: seq_at(row, 2)?,
+            })
         })
         .optional()?
-        .unwrap_or((0, 0)))
+        .unwrap_or_default())
 }
 
 const CALL_COLUMNS: &str = "id, caller, callee, started_at, answered_at, ended_at, outcome, reason";

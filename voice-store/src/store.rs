@@ -547,8 +547,8 @@ mod tests {
         let first = append(2);
         until(|| store.queued_writes() == 1).await;
         let failing = spawn_write(&store, move |tx| {
-            tx.next_event_seq(user)?;
-            tx.next_event_seq(user)?;
+            tx.next_event_slot(user)?;
+            tx.next_event_slot(user)?;
             Err::<(), _>(Error::bad_request("refused after taking two seqs").into())
         });
         until(|| store.queued_writes() == 2).await;

@@ -23,7 +23,7 @@ use voice_core::wire::Delivery;
 use voice_core::{Error, UserId};
 
 use crate::error::{DbError, DbResult, sql_error};
-use crate::event_counters::EventCounters;
+use crate::event_counters::{EventCounters, LogSlot};
 
 /// What a write job works with: the writer's connection, inside the
 /// batch's transaction (it derefs to the [`Connection`]), the event
@@ -48,8 +48,9 @@ impl<'c> WriteTx<'c> {
         }
     }
 
-    /// The next seq of `user`'s event log; written to their row at commit.
-    pub(crate) fn next_event_seq(&self, user: UserId) -> DbResult<i64> {
+    /// Where `user`'s next event goes; its seq is written to their row at
+    /// commit.
+    pub(crate) fn next_event_slot(&self, user: UserId) -> DbResult<LogSlot> {
         self.event_counters.borrow_mut().next(self.conn, user)
     }
 
