@@ -74,6 +74,17 @@ pub struct SqliteOptions {
     /// checkpoints took a tenth of its time in a saturated profile, and a
     /// page rewritten many times between two checkpoints is copied once.
     pub max_wal_pages: u32,
+    /// The writer connection's page cache, in KiB. It must hold the pages
+    /// a batch dirties (a few hundred in a saturated batch), or they spill
+    /// to the WAL before the commit and are written twice; SQLite's own
+    /// default, 2 MiB, spilled. Bigger is not better: SQLite walks the
+    /// whole cache at the end of any transaction in which a B-tree
+    /// rebalanced pages out of page-number order (most batches under
+    /// load, while the file is under 1 GiB), so each commit costs time in
+    /// proportion to it. The default, 8 MiB, took about 0.35 µs per
+    /// direct message off the writer against 64 MiB (docs/BENCHMARKS.md).
+    /// At least 1,024.
+    pub writer_cache_kib: u32,
     /// Users whose old events one write transaction prunes. Pruning walks
     /// every user's log, a batch of users at a time, so that other writes
     /// go on between the batches. At least one.
@@ -94,6 +105,7 @@ impl Default for SqliteOptions {
             max_batch: 4096,
             checkpoint_interval: Duration::from_millis(200),
             max_wal_pages: 32_000,
+            writer_cache_kib: 8 * 1024,
             prune_users_per_write: 1000,
             prune_events_per_write: 10_000,
         }

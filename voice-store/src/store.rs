@@ -296,9 +296,6 @@ fn spawn(name: String, body: impl FnOnce() + Send + 'static) -> Result<JoinHandl
         .map_err(|e| Error::unavailable(format!("cannot start a store thread: {e}")))
 }
 
-/// The writer's page cache, in KiB.
-const WRITER_CACHE_KIB: usize = 64 * 1024;
-
 /// What a connection is for; each gets only the settings its job needs.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -348,10 +345,9 @@ fn connect(path: &Path, options: &SqliteOptions, role: Role) -> Result<Connectio
                     "cannot open the database: it refuses WAL journaling (journal_mode is {mode})"
                 )));
             }
-            // A group commit dirties many pages; with SQLite's default 2 MiB
-            // cache they spill to the WAL before the commit (seen in profiles
-            // as pagerStress), costing writes that the commit repeats.
-            conn.pragma_update(None, "cache_size", -(WRITER_CACHE_KIB as i64))
+            // Sized for a batch's dirty pages: see `writer_cache_kib`.
+            let cache_kib = i64::from(options.writer_cache_kib.max(1024));
+            conn.pragma_update(None, "cache_size", -cache_kib)
                 .map_err(|e| open_error("set the writer's cache size", &e))?;
             // Each job runs in a savepoint, whose undo copies (the statement
             // journal) went to a temporary file; memory does for a batch.
@@ -787,6 +783,30 @@ mod tests {
             assert_eq!(synchronous, expected, "{level:?}");
             assert_eq!(journal, "wal");
             assert!(foreign_keys);
+            store.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn the_writer_cache_size_comes_from_the_options_with_a_floor() {
+        for (kib, expected) in [
+            (None, 8 * 1024),
+            (Some(32 * 1024), 32 * 1024),
+            (Some(1), 1024),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let defaults = SqliteOptions::default();
+            let options = SqliteOptions {
+                writer_cache_kib: kib.unwrap_or(defaults.writer_cache_kib),
+                ..defaults
+            };
+            let store = open(&dir, options);
+            let cache_size: i64 = store
+                .write(|conn| Ok(conn.pragma_query_value(None, "cache_size", |row| row.get(0))?))
+                .await
+                .unwrap();
+            // A negative cache_size is a size in KiB rather than in pages.
+            assert_eq!(cache_size, -expected, "{kib:?}");
             store.close().await;
         }
     }
