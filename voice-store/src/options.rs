@@ -81,7 +81,7 @@ pub struct SqliteOptions {
     /// whole cache at the end of any transaction in which a B-tree
     /// rebalanced pages out of page-number order (most batches under
     /// load, while the file is under 1 GiB), so each commit costs time in
-    /// proportion to it. The default, 8 MiB, took about 0.35 µs per
+    /// proportion to it. The default, 8 MiB, took about 0.4 µs per
     /// direct message off the writer against 64 MiB (docs/BENCHMARKS.md).
     /// At least 1,024.
     pub writer_cache_kib: u32,
