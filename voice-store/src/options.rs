@@ -79,9 +79,9 @@ pub struct SqliteOptions {
     /// to the WAL before the commit and are written twice; SQLite's own
     /// default, 2 MiB, spilled. Bigger is not better: SQLite walks the
     /// whole cache at the end of any transaction in which a B-tree
-    /// rebalanced pages out of page-number order (most batches under
-    /// load, while the file is under 1 GiB), so each commit costs time in
-    /// proportion to it. The default, 8 MiB, took about 0.4 µs per
+    /// rebalanced pages out of page-number order (many batches under
+    /// load, while the file is under 1 GiB), so such a commit costs time
+    /// in proportion to it. The default, 8 MiB, took about 0.4 µs per
     /// direct message off the writer against 64 MiB (docs/BENCHMARKS.md).
     /// At least 1,024.
     pub writer_cache_kib: u32,
