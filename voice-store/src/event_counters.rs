@@ -81,10 +81,11 @@ impl EventCounters {
     /// about to commit, and forgets them.
     pub(crate) fn write_back(&mut self, conn: &Connection) -> rusqlite::Result<()> {
         self.job_changes.clear();
+        // By the key read with the counter: no id to format and compare.
         let mut update =
-            conn.prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")?;
-        for (user, last) in self.current.drain() {
-            update.execute(params![user.to_string(), last.seq])?;
+            conn.prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE log_key = ?1")?;
+        for (_, last) in self.current.drain() {
+            update.execute(params![last.user_key, last.seq])?;
         }
         Ok(())
     }
