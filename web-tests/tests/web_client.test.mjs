@@ -51,6 +51,9 @@ test('two browser users befriend, chat and call each other', { timeout: 180_000 
     await alice.getByLabel('Group name').first().fill('crew');
     await alice.getByRole('checkbox', { name: 'bob' }).check();
     await alice.getByRole('button', { name: 'Create group' }).click();
+    // The new group opens once it is created; typing before that would
+    // send to the conversation still open (bob).
+    await alice.locator('#chat-title', { hasText: 'crew' }).waitFor();
     await alice.getByRole('textbox', { name: 'Message' }).fill('hi crew');
     await alice.getByRole('textbox', { name: 'Message' }).press('Enter');
     await bob.getByRole('button', { name: /Open crew/ }).click();
