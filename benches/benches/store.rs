@@ -7,6 +7,7 @@
 //! `cargo bench -p voice-benches --bench store -- --test` runs each once as
 //! a smoke test.
 
+use std::collections::HashMap;
 use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -31,6 +32,13 @@ const PRUNED_LOGS: [(&str, usize, usize); 2] = [
     ("200_users_1000_events", 200, 1_000),
     ("2_users_100000_events", 2, 100_000),
 ];
+
+/// The load tool's direct-message workload in miniature: this many pairs
+/// of users, each pair a conversation, and messages sent round the pairs
+/// this many at once, so that a transaction touches every conversation's
+/// and every user's pages as under load.
+const CROWD_PAIRS: usize = 100;
+const CROWD_BATCH: usize = 1_000;
 
 const LEVELS: [(Synchronous, &str); 2] =
     [(Synchronous::Normal, "normal"), (Synchronous::Full, "full")];
@@ -96,21 +104,7 @@ fn message(sender: UserId, conversation: Conversation) -> NewMessage {
 
 /// Inserts `count` messages at once and waits for all of them.
 async fn insert_concurrently(fixture: &Fixture, count: usize) {
-    let mut inserts = JoinSet::new();
-    for _ in 0..count {
-        let store = fixture.store.clone();
-        let new = fixture.message();
-        let recipients = fixture.recipients();
-        inserts.spawn(async move {
-            store
-                .insert_message(&new, &recipients)
-                .await
-                .expect("insert")
-        });
-    }
-    while let Some(done) = inserts.join_next().await {
-        done.expect("insert task");
-    }
+    insert_round(&fixture.store, &[(fixture.sender, fixture.partner)], count).await;
 }
 
 fn current_thread() -> Runtime {
@@ -219,8 +213,25 @@ struct Raw {
     /// Keeps the database file alive as long as the connection.
     _dir: TempDir,
     conn: rusqlite::Connection,
+    /// Each direct conversation written to, with its two users (sender
+    /// first); a lone insert writes to the first.
+    pairs: Vec<RawPair>,
+}
+
+/// A direct conversation as raw rusqlite writes it: its id and its two
+/// users, the sender first.
+struct RawPair {
     conversation: String,
     users: [String; 2],
+}
+
+impl RawPair {
+    fn of(sender: UserId, partner: UserId) -> RawPair {
+        RawPair {
+            conversation: Conversation::direct(sender, partner).to_string(),
+            users: [sender.to_string(), partner.to_string()],
+        }
+    }
 }
 
 impl Raw {
@@ -232,8 +243,24 @@ impl Raw {
             store,
             sender,
             partner,
-            conversation,
+            conversation: _,
         } = fixture;
+        Raw::open(
+            runtime,
+            dir,
+            store,
+            level,
+            vec![RawPair::of(sender, partner)],
+        )
+    }
+
+    fn open(
+        runtime: &Runtime,
+        dir: TempDir,
+        store: SqliteStore,
+        level: Synchronous,
+        pairs: Vec<RawPair>,
+    ) -> Raw {
         runtime.block_on(store.close());
         let conn = rusqlite::Connection::open(dir.path().join("bench.db")).expect("raw open");
         conn.pragma_update(None, "journal_mode", "WAL")
@@ -246,11 +273,31 @@ impl Raw {
             .expect("synchronous");
         conn.pragma_update(None, "foreign_keys", true)
             .expect("foreign keys");
+        // The writer's cache: SQLite's default, 2 MiB, cannot hold the
+        // pages a transaction of many conversations dirties, and spills.
+        let cache_kib = i64::from(SqliteOptions::default().writer_cache_kib);
+        conn.pragma_update(None, "cache_size", -cache_kib)
+            .expect("cache size");
+        // As on the store's writer, whose checkpoints a thread of their own
+        // makes meanwhile; raw rusqlite makes them all itself, only later.
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            SqliteOptions::default().max_wal_pages,
+        )
+        .expect("checkpoint threshold");
+        // As on the store's connections: without it, a statement whose
+        // WHERE binds a parameter compared with a partial index's
+        // condition (the seq read) is prepared again at every run.
+        conn.set_db_config(
+            rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+            true,
+        )
+        .expect("query planner stability guarantee");
         Raw {
             _dir: dir,
             conn,
-            conversation: conversation.to_string(),
-            users: [sender.to_string(), partner.to_string()],
+            pairs,
         }
     }
 
@@ -260,8 +307,8 @@ impl Raw {
     /// parsing them does not count against raw rusqlite.
     fn insert_in_one_transaction(&self, count: usize) {
         self.run_cached("BEGIN IMMEDIATE");
-        for _ in 0..count {
-            self.insert();
+        for pair in self.pairs.iter().cycle().take(count) {
+            self.insert(pair);
         }
         self.run_cached("COMMIT");
     }
@@ -273,7 +320,59 @@ impl Raw {
             .expect(sql);
     }
 
-    fn insert(&self) {
+    /// One message as plain SQL would write it: the message, both
+    /// participants, and for each user a read of their counter, its update
+    /// and the event.
+    fn insert(&self, pair: &RawPair) {
+        let (message_key, _, now) = self.insert_message_row(pair);
+        self.record_participants(pair);
+        for user in &pair.users {
+            let (user_key, event_seq): (i64, i64) = self.event_slot(user);
+            self.conn
+                .prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")
+                .and_then(|mut count| count.execute(rusqlite::params![user, event_seq]))
+                .expect("count");
+            self.append_event(user_key, event_seq, now, message_key);
+        }
+    }
+
+    /// `count` messages in one transaction with the statements the store's
+    /// writer runs for them: each user's counter read once and written
+    /// back once per transaction, the participants recorded with a
+    /// conversation's first message only. What the store's SQL costs
+    /// without its threads, queue and answers.
+    fn insert_as_the_writer_does(&self, count: usize) {
+        self.run_cached("BEGIN IMMEDIATE");
+        let mut counters: HashMap<&str, (i64, i64)> = HashMap::new();
+        for pair in self.pairs.iter().cycle().take(count) {
+            let (message_key, seq, now) = self.insert_message_row(pair);
+            if seq == 1 {
+                self.record_participants(pair);
+            }
+            for user in &pair.users {
+                let (user_key, event_seq) = counters
+                    .entry(user.as_str())
+                    .or_insert_with(|| self.event_slot(user));
+                self.append_event(*user_key, *event_seq, now, message_key);
+                *event_seq += 1;
+            }
+        }
+        for (user, (_, next_seq)) in counters {
+            self.conn
+                .prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")
+                .and_then(|mut count| count.execute(rusqlite::params![user, next_seq - 1]))
+                .expect("count");
+        }
+        self.run_cached("COMMIT");
+    }
+
+    /// Numbers and inserts a message of `pair`'s sender; returns its key,
+    /// its seq and the time it was stamped with.
+    fn insert_message_row(&self, pair: &RawPair) -> (i64, i64, i64) {
+        let RawPair {
+            conversation,
+            users,
+        } = pair;
         let conn = &self.conn;
         let id = MessageId::new().to_string();
         let now = (OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64;
@@ -282,7 +381,7 @@ impl Raw {
             .prepare_cached(
                 "SELECT coalesce(max(seq), 0) + 1 FROM messages WHERE conversation = ?1",
             )
-            .and_then(|mut next| next.query_row([&self.conversation], |row| row.get(0)))
+            .and_then(|mut next| next.query_row([conversation], |row| row.get(0)))
             .expect("seq");
         conn.prepare_cached(
             "INSERT INTO messages (id, conversation, seq, sender, body, client_id, created_at)
@@ -291,40 +390,47 @@ impl Raw {
         .and_then(|mut insert| {
             insert.execute(rusqlite::params![
                 id,
-                self.conversation,
+                conversation,
                 seq,
-                self.users[0],
+                users[0],
                 body,
                 now
             ])
         })
         .expect("insert");
-        let message_key = conn.last_insert_rowid();
-        for user in &self.users {
-            conn.prepare_cached(
-                "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
-                 ON CONFLICT (user_id, conversation) DO NOTHING",
-            )
-            .and_then(|mut participant| participant.execute([user, &self.conversation]))
-            .expect("participant");
+        (conn.last_insert_rowid(), seq, now)
+    }
+
+    fn record_participants(&self, pair: &RawPair) {
+        for user in &pair.users {
+            self.conn
+                .prepare_cached(
+                    "INSERT INTO direct_participants (user_id, conversation) VALUES (?1, ?2)
+                     ON CONFLICT (user_id, conversation) DO NOTHING",
+                )
+                .and_then(|mut participant| participant.execute([user, &pair.conversation]))
+                .expect("participant");
         }
-        for user in &self.users {
-            let (user_key, event_seq): (i64, i64) = conn
-                .prepare_cached("SELECT log_key, last_event_seq + 1 FROM users WHERE id = ?1")
-                .and_then(|mut next| next.query_row([user], |row| Ok((row.get(0)?, row.get(1)?))))
-                .expect("event seq");
-            conn.prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")
-                .and_then(|mut count| count.execute(rusqlite::params![user, event_seq]))
-                .expect("count");
-            conn.prepare_cached(
+    }
+
+    /// `user`'s key in the event log and the seq of their next event.
+    fn event_slot(&self, user: &str) -> (i64, i64) {
+        self.conn
+            .prepare_cached("SELECT log_key, last_event_seq + 1 FROM users WHERE id = ?1")
+            .and_then(|mut next| next.query_row([user], |row| Ok((row.get(0)?, row.get(1)?))))
+            .expect("event seq")
+    }
+
+    fn append_event(&self, user_key: i64, seq: i64, now: i64, message_key: i64) {
+        self.conn
+            .prepare_cached(
                 "INSERT INTO events (user_key, seq, event, created_at, message_key)
                  VALUES (?1, ?2, '', ?3, ?4)",
             )
             .and_then(|mut append| {
-                append.execute(rusqlite::params![user_key, event_seq, now, message_key])
+                append.execute(rusqlite::params![user_key, seq, now, message_key])
             })
             .expect("append");
-        }
     }
 
     /// The store's history query, each row decoded into a [`Message`].
@@ -339,7 +445,11 @@ impl Raw {
             .expect("prepare");
         let rows = page
             .query_map(
-                rusqlite::params![self.conversation, newest.min(i64::MAX as u64) as i64, limit],
+                rusqlite::params![
+                    self.pairs[0].conversation,
+                    newest.min(i64::MAX as u64) as i64,
+                    limit
+                ],
                 |row| {
                     let text = |index| row.get::<_, String>(index);
                     let time = |ms: i64| {
@@ -393,6 +503,78 @@ fn insert_concurrent(c: &mut Criterion) {
         );
     }
     group.finish();
+}
+
+/// [`CROWD_BATCH`] inserts at once round [`CROWD_PAIRS`] conversations, as
+/// under the load tool's direct messages: the store's group commit in the
+/// regime it is built for, against raw rusqlite writing all of them in one
+/// transaction, which is the least this SQL costs on the machine.
+fn insert_crowd(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    let mut group = c.benchmark_group("insert_crowd");
+    group.throughput(Throughput::Elements(CROWD_BATCH as u64));
+    for (level, name) in LEVELS {
+        let fixture = Fixture::new(&runtime, level);
+        let pairs: Vec<(UserId, UserId)> = runtime.block_on(async {
+            let mut pairs = Vec::with_capacity(CROWD_PAIRS);
+            for n in 0..CROWD_PAIRS {
+                let now = OffsetDateTime::now_utc();
+                let sender = bench_user(&fixture.store, &format!("crowd-{n}-a"), now).await;
+                let partner = bench_user(&fixture.store, &format!("crowd-{n}-b"), now).await;
+                pairs.push((sender, partner));
+            }
+            pairs
+        });
+        let before = fixture.store.stats();
+        group.bench_function(BenchmarkId::new("store", name), |b| {
+            b.iter(|| runtime.block_on(insert_round(&fixture.store, &pairs, CROWD_BATCH)))
+        });
+        let stats = fixture.store.stats();
+        if stats.batches > before.batches {
+            eprintln!(
+                "insert_crowd/{name}: {:.1} writes per transaction on average",
+                (stats.writes - before.writes) as f64 / (stats.batches - before.batches) as f64,
+            );
+        }
+        let Fixture { _dir, store, .. } = fixture;
+        let raw_pairs = pairs
+            .iter()
+            .map(|(sender, partner)| RawPair::of(*sender, *partner))
+            .collect();
+        let raw = Raw::open(&runtime, _dir, store, level, raw_pairs);
+        group.bench_function(
+            BenchmarkId::new("raw_rusqlite_one_transaction", name),
+            |b| b.iter(|| raw.insert_in_one_transaction(CROWD_BATCH)),
+        );
+        group.bench_function(
+            BenchmarkId::new("raw_rusqlite_as_the_writer_does", name),
+            |b| b.iter(|| raw.insert_as_the_writer_does(CROWD_BATCH)),
+        );
+    }
+    group.finish();
+}
+
+/// Inserts `count` messages at once, round `pairs` (each pair's first user
+/// sending), and waits for all of them.
+async fn insert_round(store: &SqliteStore, pairs: &[(UserId, UserId)], count: usize) {
+    let mut inserts = JoinSet::new();
+    for (sender, partner) in pairs.iter().cycle().take(count) {
+        let store = store.clone();
+        let new = message(*sender, Conversation::direct(*sender, *partner));
+        let recipients = [*sender, *partner];
+        inserts.spawn(async move {
+            store
+                .insert_message(&new, &recipients)
+                .await
+                .expect("insert")
+        });
+    }
+    while let Some(done) = inserts.join_next().await {
+        done.expect("insert task");
+    }
 }
 
 /// One page of 50 from a conversation of 10,000 messages: the newest page
@@ -543,6 +725,7 @@ criterion_group!(
     benches,
     insert_one,
     insert_concurrent,
+    insert_crowd,
     history_page,
     round_trip,
     prune
