@@ -1,8 +1,9 @@
 //! Store benchmarks: what one acknowledged message insert (the message and
 //! its event in both users' logs) costs at each durability level, how much
-//! group commit recovers under concurrency, how fast a history page reads,
-//! and, for comparison, each of them on raw rusqlite with the same
-//! pragmas and SQL but none of the store's threads.
+//! group commit recovers under concurrency (one conversation, and the load
+//! tool's spread over many), how fast a history page reads, and, for
+//! comparison, each of them on raw rusqlite with the same pragmas and SQL
+//! but none of the store's threads.
 //!
 //! `cargo bench -p voice-benches --bench store -- --test` runs each once as
 //! a smoke test.
