@@ -108,6 +108,14 @@ async fn insert_concurrently(fixture: &Fixture, count: usize) {
     insert_round(&fixture.store, &[(fixture.sender, fixture.partner)], count).await;
 }
 
+/// As many workers as the machine kind has cores.
+fn two_workers() -> Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime")
+}
+
 fn current_thread() -> Runtime {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -478,10 +486,7 @@ impl Raw {
 /// with `full`, syncs) among them. Raw rusqlite puts the same number of
 /// messages in one transaction: the most group commit could save.
 fn insert_concurrent(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .expect("runtime");
+    let runtime = two_workers();
     let mut group = c.benchmark_group("insert_concurrent");
     group.throughput(Throughput::Elements(CONCURRENT as u64));
     for (level, name) in LEVELS {
@@ -509,12 +514,10 @@ fn insert_concurrent(c: &mut Criterion) {
 /// [`CROWD_BATCH`] inserts at once round [`CROWD_PAIRS`] conversations, as
 /// under the load tool's direct messages: the store's group commit in the
 /// regime it is built for, against raw rusqlite writing all of them in one
-/// transaction, which is the least this SQL costs on the machine.
+/// transaction, with plain SQL and with the statements the store's writer
+/// runs (the least the store's SQL costs on the machine).
 fn insert_crowd(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .build()
-        .expect("runtime");
+    let runtime = two_workers();
     let mut group = c.benchmark_group("insert_crowd");
     group.throughput(Throughput::Elements(CROWD_BATCH as u64));
     for (level, name) in LEVELS {
