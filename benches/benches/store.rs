@@ -366,10 +366,11 @@ impl Raw {
                 *event_seq += 1;
             }
         }
-        for (user, (_, next_seq)) in counters {
+        // By the key read with the counter, as the writer does.
+        for (user_key, next_seq) in counters.into_values() {
             self.conn
-                .prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE id = ?1")
-                .and_then(|mut count| count.execute(rusqlite::params![user, next_seq - 1]))
+                .prepare_cached("UPDATE users SET last_event_seq = ?2 WHERE log_key = ?1")
+                .and_then(|mut count| count.execute(rusqlite::params![user_key, next_seq - 1]))
                 .expect("count");
         }
         self.run_cached("COMMIT");
@@ -543,12 +544,14 @@ fn insert_crowd(c: &mut Criterion) {
                 (stats.writes - before.writes) as f64 / (stats.batches - before.batches) as f64,
             );
         }
-        let Fixture { _dir, store, .. } = fixture;
+        let Fixture {
+            _dir: dir, store, ..
+        } = fixture;
         let raw_pairs = pairs
             .iter()
             .map(|(sender, partner)| RawPair::of(*sender, *partner))
             .collect();
-        let raw = Raw::open(&runtime, _dir, store, level, raw_pairs);
+        let raw = Raw::open(&runtime, dir, store, level, raw_pairs);
         group.bench_function(
             BenchmarkId::new("raw_rusqlite_one_transaction", name),
             |b| b.iter(|| raw.insert_in_one_transaction(CROWD_BATCH)),
